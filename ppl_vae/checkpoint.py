@@ -1,0 +1,52 @@
+"""Checkpoints: everything needed to continue a run exactly where it stopped.
+
+A checkpoint holds the module ``state_dict`` (Pyro's param store does not save buffers), the
+optimizer state, the step/epoch counters the β schedule reads, the resolved config, the history so
+far and every random number generator's state. It is written to a temporary file and renamed, so
+a crash while saving never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ppl_vae.errors import CheckpointError
+
+FORMAT = "ppl_vae.checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomically write ``state`` (plus a format tag) to ``path``."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save({"format": FORMAT, "version": VERSION, **state}, temporary)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`; a CheckpointError says what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {str(path)!r}: is this a run directory written by 'ppl-vae train'?")
+    try:
+        # weights_only=False: the checkpoint holds RNG states and Python dicts, and it is our own file
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is truncated or corrupted ({error}); "
+            "restart the run, or resume from a copy of an intact checkpoint."
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a ppl_vae checkpoint (it was written by something else).")
+    if state.get("version") != VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format version {state.get('version')}; this ppl_vae reads version {VERSION}."
+        )
+    return state

@@ -1,0 +1,522 @@
+"""Datasets as in-memory tensors, and a batch iterator over them.
+
+Every dataset is loaded whole into memory (the largest, MNIST, is 220 MB as float32) and batched by
+slicing, which is much faster than a ``DataLoader`` for data this small. Images are flattened to
+``(N, height * width)`` float32 rows with values in [0, 1].
+
+Files are looked up in the data folder (see :func:`data_dir`), checked against SHA256 hashes on
+every load and, when missing, downloaded from their canonical URLs::
+
+    dataset = load_dataset("mnist-binarized", device="cuda")
+    generator = torch.Generator().manual_seed(0)
+    for x in batches(dataset.train, 128, generator, binarize=dataset.dynamic_binarization):
+        svi.step(x)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import os
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import scipy.io
+import sklearn.datasets
+import torch
+from tqdm.auto import tqdm
+
+from ppl_vae.errors import ConfigError, DataError
+from ppl_vae.registry import Registry
+
+DATA_DIR_ENV = "PPL_VAE_DATA"
+DEFAULT_DATA_DIR = Path("~/.cache/ppl_vae")
+USER_AGENT = "ppl_vae dataset downloader (Python urllib)"
+DOWNLOAD_TIMEOUT_S = 60.0
+DOWNLOAD_CHUNK_BYTES = 1 << 20
+
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+MNIST_SHAPE = (28, 28)
+FREY_SHAPE = (28, 20)
+FREY_TEST_SIZE = 200
+DIGITS_TEST_SIZE = 297
+SPLIT_SEED = 0
+FIXED_BINARIZED_MNIST_URL = (
+    "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
+    "binarized_mnist_{split}.amat"
+)
+# SHA256 of each array's bytes (uint8, C order). The .npz file itself has no stable hash: re-saving
+# the same arrays changes the zip timestamps.
+FIXED_BINARIZED_MNIST_SHA256 = {
+    "train": "43490d4d6ac9002727af4426d8748609fdb7e4094fa65ad8d681ea60082a7a5a",
+    "valid": "069b4f0beb389b776478c3e872b4df71c95ac4be64d7cbe6d32e24ebac8e6d5e",
+    "test": "ca0294c3b8d984c7a1dc891015a8eea6f37bae59a34e35ea0fc8c47110a8dd86",
+}
+SPLITS = ("train", "valid", "test")
+DELETE_CORRUPTED = (
+    "The file is corrupted or not the right one: delete it and load again to re-download it "
+    "(or replace it with a good copy)."
+)
+DISCARDED_DOWNLOAD = "The download was corrupted and has been discarded; try again later."
+
+
+@dataclass
+class Dataset:
+    """A dataset held in memory: flattened images in [0, 1], one row per example.
+
+    ``train``, ``test`` and ``valid`` are float32 tensors of shape (N, height * width); the labels,
+    where the dataset has them, are int64 tensors of shape (N,). ``binary`` says every value the
+    model sees is exactly 0 or 1 (after any binarization); ``dynamic_binarization`` says the
+    training set is grayscale and must be resampled on every batch with
+    ``batches(..., binarize=True)``.
+    """
+
+    name: str
+    train: torch.Tensor
+    test: torch.Tensor
+    image_shape: tuple[int, int]
+    train_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
+    valid_labels: torch.Tensor | None = None
+    binary: bool = False
+    dynamic_binarization: bool = False
+
+    @property
+    def data_dim(self) -> int:
+        return self.train.shape[1]
+
+    @property
+    def splits(self) -> list[str]:
+        """The splits this dataset has, among ``"train"``, ``"valid"`` and ``"test"``."""
+        return [split for split in SPLITS if getattr(self, split) is not None]
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The examples and labels (``None`` if unlabelled) of split ``name``."""
+        if name not in self.splits:
+            raise DataError(
+                f"Dataset {self.name!r} has no {name!r} split. "
+                f"Use one of: {', '.join(self.splits)} "
+                "(of the datasets here, only 'mnist-fixed' has a 'valid' split)."
+            )
+        return getattr(self, name), getattr(self, f"{name}_labels")
+
+    def to(self, device: str | torch.device) -> Dataset:
+        """A copy with every tensor on ``device``."""
+        moved = {
+            field.name: getattr(self, field.name).to(device)
+            for field in fields(self)
+            if isinstance(getattr(self, field.name), torch.Tensor)
+        }
+        return replace(self, **moved)
+
+
+DATASETS: Registry[Dataset] = Registry("dataset")
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """The folder datasets are read from: ``explicit`` if given, else $PPL_VAE_DATA, else
+    ~/.cache/ppl_vae."""
+    folder = explicit or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+    return Path(folder).expanduser()
+
+
+_find_data_dir = data_dir  # load_dataset's ``data_dir`` argument hides the function
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    download: bool = True,
+) -> Dataset:
+    """Load dataset ``name`` (one of ``DATASETS.names()``) onto ``device``.
+
+    Files are read from ``data_dir`` (default: $PPL_VAE_DATA, else ~/.cache/ppl_vae), checked
+    against their SHA256, and downloaded there first if missing and ``download`` is true.
+    """
+    loader = DATASETS.get(name, key="dataset")
+    dataset = loader(_find_data_dir(data_dir), download)
+    for split in dataset.splits:
+        _check_split(dataset, split)
+    return dataset.to(device)
+
+
+def batches(
+    x: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    shuffle: bool = True,
+    binarize: bool = False,
+    drop_last: bool = False,
+) -> Iterator[torch.Tensor]:
+    """One epoch of minibatches of the rows of ``x``, on ``x``'s device.
+
+    With ``shuffle`` the rows come in a random order drawn from ``generator``; with ``binarize``
+    each batch is replaced by Bernoulli draws with the pixel values as probabilities (dynamic
+    binarization, Burda et al. 2015). The batches depend only on ``generator``'s state, whichever
+    device ``x`` is on.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size: must be a positive integer, got {batch_size}.")
+    num_rows = x.shape[0]
+    order = None
+    if shuffle:
+        order = torch.randperm(num_rows, generator=generator, device=generator.device).to(x.device)
+    stop = num_rows - num_rows % batch_size if drop_last else num_rows
+    for start in range(0, stop, batch_size):
+        rows = slice(start, start + batch_size)
+        batch = x[rows] if order is None else x[order[rows]]
+        yield _bernoulli(batch, generator) if binarize else batch
+
+
+def _bernoulli(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Bernoulli(probs) draws, as 0./1. of ``probs``' dtype, from uniforms drawn on the
+    generator's device, so that CPU and CUDA give the same draws."""
+    uniforms = torch.rand(probs.shape, generator=generator, device=generator.device)
+    return (uniforms.to(probs.device) < probs).to(probs.dtype)
+
+
+# -- the datasets --------------------------------------------------------------------------------
+
+
+@DATASETS.register("digits")
+def load_digits(data_dir: Path, download: bool = True) -> Dataset:
+    """scikit-learn's 8x8 handwritten digits (bundled with scikit-learn: no file, no download).
+
+    Split: the 1797 images are shuffled by ``torch.randperm`` with seed 0; the first 1500 are the
+    training set and the last 297 the test set. Pixels 0..16 are divided by 16. Labelled 0..9.
+    """
+    digits = sklearn.datasets.load_digits()
+    images = torch.from_numpy(digits.data / 16).float()
+    labels = torch.from_numpy(digits.target).long()
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    train, test = order[:-DIGITS_TEST_SIZE], order[-DIGITS_TEST_SIZE:]
+    return Dataset(
+        name="digits",
+        train=images[train],
+        test=images[test],
+        image_shape=(8, 8),
+        train_labels=labels[train],
+        test_labels=labels[test],
+    )
+
+
+@DATASETS.register("mnist")
+def load_mnist(data_dir: Path, download: bool = True) -> Dataset:
+    """MNIST in grayscale, pixels divided by 255: the official split of 60000 training and 10000
+    test images, 28x28, labelled 0..9."""
+    return _load_mnist_files("mnist", data_dir, download)
+
+
+@DATASETS.register("mnist-binarized")
+def load_mnist_binarized(data_dir: Path, download: bool = True) -> Dataset:
+    """MNIST with dynamic binarization (Burda et al. 2015), on the official 60000/10000 split.
+
+    The training set stays grayscale, to be resampled on every batch
+    (``dynamic_binarization=True``); the test set is binarized once, with a generator seeded 0, so
+    that every evaluation sees the same binary images.
+    """
+    dataset = _load_mnist_files("mnist-binarized", data_dir, download)
+    test = _bernoulli(dataset.test, torch.Generator().manual_seed(SPLIT_SEED))
+    return replace(dataset, test=test, binary=True, dynamic_binarization=True)
+
+
+@DATASETS.register("mnist-fixed")
+def load_mnist_fixed(data_dir: Path, download: bool = True) -> Dataset:
+    """Larochelle & Murray's (2011) fixed binarization of MNIST, with its own split: 50000 training,
+    10000 validation and 10000 test images, 28x28, values in {0, 1}, unlabelled.
+
+    Read from ``binarized_mnist.npz``; each array is checked against the SHA256 of its bytes.
+    """
+    (path,) = _fetch([FIXED_BINARIZED_MNIST], data_dir, download)
+    try:
+        with np.load(path) as arrays:
+            splits = {split: arrays[split] for split in SPLITS}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        raise DataError(
+            f"{path}: not a readable .npz with arrays {', '.join(SPLITS)} ({error}). "
+            + DELETE_CORRUPTED
+        ) from error
+    for split, array in splits.items():
+        _check_array_sha256(array, FIXED_BINARIZED_MNIST_SHA256[split], f"{path} (array {split!r})")
+    return Dataset(
+        name="mnist-fixed",
+        **{split: torch.from_numpy(array.astype(np.float32)) for split, array in splits.items()},
+        image_shape=MNIST_SHAPE,
+        binary=True,
+    )
+
+
+@DATASETS.register("frey")
+def load_frey(data_dir: Path, download: bool = True) -> Dataset:
+    """The Frey Face dataset: 1965 grayscale 28x20 frames of a video, pixels divided by 255.
+
+    Split: the first 1765 frames are the training set and the last 200 the test set. Neighbouring
+    frames are near-duplicates, so a random split would leak test faces into training. Unlabelled.
+    """
+    (path,) = _fetch([FREY_FACE], data_dir, download)
+    faces = scipy.io.loadmat(path)["ff"].T.reshape(-1, *FREY_SHAPE)
+    pixels = _unit_rows(faces, scale=255)
+    return Dataset(
+        name="frey",
+        train=pixels[:-FREY_TEST_SIZE],
+        test=pixels[-FREY_TEST_SIZE:],
+        image_shape=FREY_SHAPE,
+    )
+
+
+def _load_mnist_files(name: str, folder: Path, download: bool) -> Dataset:
+    """MNIST from the four IDX files: grayscale pixels / 255, official split, labels."""
+    paths = dict(zip(MNIST_FILES, _fetch(list(MNIST_FILES.values()), folder, download)))
+    return Dataset(
+        name=name,
+        train=_unit_rows(_read_idx(paths["train-images"], ndim=3), scale=255),
+        test=_unit_rows(_read_idx(paths["test-images"], ndim=3), scale=255),
+        image_shape=MNIST_SHAPE,
+        train_labels=torch.from_numpy(_read_idx(paths["train-labels"], ndim=1).astype(np.int64)),
+        test_labels=torch.from_numpy(_read_idx(paths["test-labels"], ndim=1).astype(np.int64)),
+    )
+
+
+def _unit_rows(pixels: np.ndarray, scale: float) -> torch.Tensor:
+    """Images (N, height, width) as float32 rows (N, height * width) divided by ``scale``."""
+    return torch.from_numpy(pixels.reshape(len(pixels), -1).astype(np.float32)).div_(scale)
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An unsigned-byte array from a gzipped IDX file (LeCun's format: magic 0x0000080<ndim>, then
+    ``ndim`` big-endian uint32 dimensions, then the bytes)."""
+    with gzip.open(path, "rb") as file:
+        raw = file.read()
+    magic = int.from_bytes(raw[:4], "big")
+    if magic != 0x800 + ndim:
+        raise DataError(
+            f"{path}: not an IDX file of {ndim}-d unsigned bytes (magic number {magic:#010x}, "
+            f"expected {0x800 + ndim:#010x}). {DELETE_CORRUPTED}"
+        )
+    shape = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(int)
+    pixels = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if pixels.size != shape.prod():
+        raise DataError(
+            f"{path}: the header says shape {tuple(shape)} but the file holds {pixels.size} "
+            f"values. {DELETE_CORRUPTED}"
+        )
+    return pixels.reshape(shape)
+
+
+def _check_split(dataset: Dataset, split: str) -> None:
+    """Raise a DataError unless split ``split`` is a non-empty (N, D) tensor of finite values in
+    [0, 1], with N labels if labelled."""
+    x, labels = dataset.split(split)
+    where = f"Dataset {dataset.name!r}, split {split!r}"
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != np.prod(dataset.image_shape):
+        raise DataError(
+            f"{where}: expected a non-empty (N, {np.prod(dataset.image_shape)}) array, "
+            f"got shape {tuple(x.shape)}. {DELETE_CORRUPTED}"
+        )
+    low, high = torch.aminmax(x)  # NaN if any value is NaN
+    if not (0 <= low and high <= 1):
+        raise DataError(
+            f"{where}: values span [{low:g}, {high:g}], expected finite values in [0, 1]. "
+            + DELETE_CORRUPTED
+        )
+    if labels is not None and labels.shape != (x.shape[0],):
+        raise DataError(
+            f"{where}: {x.shape[0]} examples but labels of shape {tuple(labels.shape)}. "
+            + DELETE_CORRUPTED
+        )
+
+
+# -- files: lookup, integrity, download ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A file the loaders read: its path under the data folder and where to get it.
+
+    Either ``sha256`` is the hash of the file and ``urls`` are mirrors of it, tried in order; or
+    ``assemble(path)`` makes the file from all of ``urls`` and checks what it wrote, and the loader
+    checks the contents of the file on every load.
+    """
+
+    relpath: str
+    urls: tuple[str, ...]
+    sha256: str | None = None
+    assemble: Callable[[Path], None] | None = None
+
+    def sources(self) -> str:
+        """Where the file comes from, for error messages."""
+        if self.assemble:
+            return "made from " + ", ".join(self.urls)
+        return "download from " + " or ".join(self.urls)
+
+
+def _mnist_file(name: str, sha256: str) -> DataFile:
+    return DataFile(f"mnist/{name}", tuple(mirror + name for mirror in MNIST_MIRRORS), sha256)
+
+
+MNIST_FILES = {
+    "train-images": _mnist_file(
+        "train-images-idx3-ubyte.gz",
+        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    ),
+    "train-labels": _mnist_file(
+        "train-labels-idx1-ubyte.gz",
+        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    ),
+    "test-images": _mnist_file(
+        "t10k-images-idx3-ubyte.gz",
+        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    ),
+    "test-labels": _mnist_file(
+        "t10k-labels-idx1-ubyte.gz",
+        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+    ),
+}
+FREY_FACE = DataFile(
+    "frey_rawface.mat",
+    ("https://cs.nyu.edu/~roweis/data/frey_rawface.mat",),
+    "265a83a23adb081755cd3de375509828e690324d1d60f076b8ecebc840d59c64",
+)
+
+
+def _assemble_fixed_binarized_mnist(path: Path) -> None:
+    """Download Larochelle's three text files (784 space-separated 0/1 per row), check each array's
+    hash and save them together as ``path`` (.npz)."""
+    arrays = {}
+    for split in SPLITS:
+        url = FIXED_BINARIZED_MNIST_URL.format(split=split)
+        with _downloaded(url, path.parent) as part:
+            arrays[split] = np.loadtxt(part, dtype=np.uint8, ndmin=2)
+        expected = FIXED_BINARIZED_MNIST_SHA256[split]
+        _check_array_sha256(arrays[split], expected, url, fix=DISCARDED_DOWNLOAD)
+    with _temporary_file(path.parent) as part:
+        with part.open("wb") as file:
+            np.savez_compressed(file, **arrays)
+        os.replace(part, path)
+
+
+FIXED_BINARIZED_MNIST = DataFile(
+    "binarized_mnist.npz",
+    tuple(FIXED_BINARIZED_MNIST_URL.format(split=split) for split in SPLITS),
+    assemble=_assemble_fixed_binarized_mnist,
+)
+
+
+def _fetch(files: list[DataFile], folder: Path, download: bool) -> list[Path]:
+    """The paths of ``files`` in ``folder``, downloading missing ones if ``download``, each checked
+    against its SHA256. One DataError lists every file still missing."""
+    paths = [folder / file.relpath for file in files]
+    failures = []
+    for file, path in zip(files, paths):
+        if download and not path.exists():
+            try:
+                _download(file, path)
+            except (OSError, DataError) as error:
+                failures.append(f"{path.name}: {error}")
+    missing = [(file, path) for file, path in zip(files, paths) if not path.exists()]
+    if missing:
+        raise DataError(_missing_files_message(missing, folder, download, failures))
+    for file, path in zip(files, paths):
+        if file.sha256:
+            _check_file_sha256(path, file.sha256)
+    return paths
+
+
+def _missing_files_message(
+    missing: list[tuple[DataFile, Path]], folder: Path, download: bool, failures: list[str]
+) -> str:
+    lines = [f"Missing dataset files in {folder}:"]
+    lines += [f"  {path}\n    ({file.sources()})" for file, path in missing]
+    if download:
+        lines.append("Downloading them failed:")
+        lines += [f"  {failure}" for failure in failures]
+    else:
+        lines.append("Downloading is off (download=False).")
+    lines.append(
+        "Put the files at those paths, "
+        "or set PPL_VAE_DATA / pass --data-dir to a folder that holds them."
+    )
+    return "\n".join(lines)
+
+
+def _download(file: DataFile, path: Path) -> None:
+    """Put ``file`` at ``path``, from the first of its URLs that serves the right bytes.
+
+    Raises OSError (network) or DataError (wrong bytes), listing every URL tried; on failure
+    nothing is left at ``path``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if file.assemble:
+        file.assemble(path)
+        return
+    failures = []
+    for url in file.urls:
+        try:
+            with _downloaded(url, path.parent) as part:
+                _check_file_sha256(part, file.sha256, shown_as=url, fix=DISCARDED_DOWNLOAD)
+                os.replace(part, path)
+            return
+        except (OSError, DataError) as error:
+            failures.append(f"{url}: {error}")
+    raise OSError("; ".join(failures))
+
+
+@contextlib.contextmanager
+def _downloaded(url: str, folder: Path) -> Iterator[Path]:
+    """Download ``url`` to a temporary file in ``folder``, deleted on exit unless moved away."""
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    with _temporary_file(folder) as part:
+        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            size = int(response.headers.get("Content-Length") or 0) or None
+            name = url.rsplit("/", 1)[-1]
+            with part.open("wb") as file, tqdm(
+                total=size, unit="B", unit_scale=True, desc=name, leave=False
+            ) as progress:
+                while chunk := response.read(DOWNLOAD_CHUNK_BYTES):
+                    file.write(chunk)
+                    progress.update(len(chunk))
+        yield part
+
+
+@contextlib.contextmanager
+def _temporary_file(folder: Path) -> Iterator[Path]:
+    """A new empty file in ``folder`` (so that ``os.replace`` into it is atomic), deleted on exit
+    unless moved away."""
+    handle, name = tempfile.mkstemp(dir=folder, prefix=".ppl_vae-", suffix=".part")
+    os.close(handle)
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def _check_file_sha256(
+    path: Path, expected: str, shown_as: str | None = None, fix: str = DELETE_CORRUPTED
+) -> None:
+    with path.open("rb") as file:
+        actual = hashlib.file_digest(file, "sha256").hexdigest()
+    if actual != expected:
+        raise DataError(f"{shown_as or path}: SHA256 {actual}, expected {expected}. {fix}")
+
+
+def _check_array_sha256(
+    array: np.ndarray, expected: str, shown_as: str, fix: str = DELETE_CORRUPTED
+) -> None:
+    """Check the SHA256 of a uint8 array's bytes in C order."""
+    actual = hashlib.sha256(np.ascontiguousarray(array, dtype=np.uint8)).hexdigest()
+    if array.dtype != np.uint8 or actual != expected:
+        raise DataError(
+            f"{shown_as}, {array.dtype} array of shape {array.shape}: "
+            f"SHA256 {actual}, expected {expected}. {DELETE_CORRUPTED}"
+        )

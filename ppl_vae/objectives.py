@@ -1,0 +1,128 @@
+"""Training objectives: the ELBO estimators and the schedules of the KL weight β."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+
+from ppl_vae.config import PartSpec
+from ppl_vae.errors import ConfigError
+from ppl_vae.registry import Registry
+
+ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
+
+
+def make_elbo(kind: str = "trace", num_particles: int = 1) -> ELBO:
+    """``Trace_ELBO`` (Monte Carlo KL) or ``TraceMeanField_ELBO`` (analytic KL where it exists).
+
+    Several particles are vectorized; the data plate is the only plate (max_plate_nesting=1).
+    """
+    return ELBOS[kind](num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
+
+
+SCHEDULES: Registry = Registry("β schedule")
+
+
+class Schedule:
+    """β as a function of training time, counted in optimizer steps or in epochs (``by``)."""
+
+    def __init__(self, by: str) -> None:
+        self.by = by
+
+    def __call__(self, step: int, epoch: int) -> float:
+        """β for the given 0-based optimizer step and epoch."""
+        return self.value_at(step if self.by == "step" else epoch)
+
+    def value_at(self, time: int) -> float:
+        raise NotImplementedError
+
+
+def _check_range(start: float, end: float, duration: int) -> None:
+    if min(start, end) < 0:
+        raise ConfigError(f"start/end: β must be >= 0, got start={start}, end={end}.")
+    if duration <= 0:
+        raise ConfigError(f"duration: must be > 0, got {duration}.")
+
+
+@SCHEDULES.register("constant")
+class Constant(Schedule):
+    """β fixed at ``value`` (1: the ELBO; 0: the plain autoencoder; other: β-VAE)."""
+
+    def __init__(self, *, value: float = 1.0) -> None:
+        super().__init__("step")
+        if value < 0:
+            raise ConfigError(f"value: β must be >= 0, got {value}.")
+        self.value = value
+
+    def value_at(self, time: int) -> float:
+        return self.value
+
+
+@SCHEDULES.register("linear")
+class Linear(Schedule):
+    """β rises linearly from ``start`` to ``end`` over ``duration`` steps or epochs, then stays."""
+
+    def __init__(
+        self, *, start: float = 0.0, end: float = 1.0, duration: int = 10, by: Literal["step", "epoch"] = "epoch"
+    ) -> None:
+        super().__init__(by)
+        _check_range(start, end, duration)
+        self.start, self.end, self.duration = start, end, duration
+
+    def value_at(self, time: int) -> float:
+        return self.start + (self.end - self.start) * min(time / self.duration, 1.0)
+
+
+@SCHEDULES.register("sigmoid")
+class Sigmoid(Schedule):
+    """β follows a logistic curve from ``start`` to ``end``, centred at ``duration / 2``
+    (Bowman et al. 2016); ``steepness`` is the slope at the centre in units of 1/duration."""
+
+    def __init__(
+        self,
+        *,
+        start: float = 0.0,
+        end: float = 1.0,
+        duration: int = 10,
+        steepness: float = 10.0,
+        by: Literal["step", "epoch"] = "epoch",
+    ) -> None:
+        super().__init__(by)
+        _check_range(start, end, duration)
+        self.start, self.end, self.duration, self.steepness = start, end, duration, steepness
+
+    def value_at(self, time: int) -> float:
+        logistic = 1.0 / (1.0 + math.exp(-self.steepness * (time / self.duration - 0.5)))
+        return self.start + (self.end - self.start) * logistic
+
+
+@SCHEDULES.register("cyclical")
+class Cyclical(Schedule):
+    """Cyclical annealing (Fu et al. 2019): every ``period`` steps or epochs β restarts at
+    ``start``, rises linearly to ``end`` during the first ``ratio`` of the period, then stays."""
+
+    def __init__(
+        self,
+        *,
+        start: float = 0.0,
+        end: float = 1.0,
+        period: int = 10,
+        ratio: float = 0.5,
+        by: Literal["step", "epoch"] = "epoch",
+    ) -> None:
+        super().__init__(by)
+        _check_range(start, end, period)
+        if not 0 < ratio <= 1:
+            raise ConfigError(f"ratio: must be in (0, 1], got {ratio}.")
+        self.start, self.end, self.period, self.ratio = start, end, period, ratio
+
+    def value_at(self, time: int) -> float:
+        phase = (time % self.period) / self.period
+        return self.start + (self.end - self.start) * min(phase / self.ratio, 1.0)
+
+
+def build_schedule(spec: PartSpec) -> Schedule:
+    """The schedule of a config's ``objective.beta`` part."""
+    return SCHEDULES.build(spec, "objective.beta")
