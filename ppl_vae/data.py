@@ -144,7 +144,7 @@ def load_dataset(
     Files are read from ``data_dir`` (default: $PPL_VAE_DATA, else ~/.cache/ppl_vae), checked
     against their SHA256, and downloaded there first if missing and ``download`` is true.
     """
-    loader = DATASETS.get(name, key="dataset")
+    loader = DATASETS.get(name, key="data.name")
     dataset = loader(_find_data_dir(data_dir), download)
     for split in dataset.splits:
         _check_split(dataset, split)
@@ -167,7 +167,7 @@ def batches(
     device ``x`` is on.
     """
     if batch_size < 1:
-        raise ConfigError(f"batch_size: must be a positive integer, got {batch_size}.")
+        raise ConfigError(f"data.batch_size: must be a positive integer, got {batch_size}.")
     num_rows = x.shape[0]
     order = None
     if shuffle:
@@ -518,5 +518,5 @@ def _check_array_sha256(
     if array.dtype != np.uint8 or actual != expected:
         raise DataError(
             f"{shown_as}, {array.dtype} array of shape {array.shape}: "
-            f"SHA256 {actual}, expected {expected}. {DELETE_CORRUPTED}"
+            f"SHA256 {actual}, expected {expected}. {fix}"
         )

@@ -61,8 +61,8 @@ class Registry(Generic[T]):
     def check_options(self, name: str, options: dict[str, Any], key: str) -> dict[str, Any]:
         """Check a part's options against its signature; return them converted to the annotated
         types. A ConfigError names ``key.option`` for an unknown, missing or mistyped option."""
+        factory = self.get(name, key)
         accepted = self.options(name)
-        factory = self.get(name)
         hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
         checked = {}
         for option, value in options.items():

@@ -21,7 +21,7 @@ def _type_name(annotation: Any) -> str:
 
 
 def check_type(value: Any, annotation: Any, key: str) -> Any:
-    """Return ``value`` converted to ``annotation`` (int -> float, list -> tuple), or raise a
+    """Return ``value`` converted to ``annotation`` (int or "1e-3" -> float), or raise a
     ConfigError naming ``key``. Handles the simple types a YAML config holds."""
     origin = typing.get_origin(annotation)
     if annotation is Any or annotation is typing.Any:
@@ -53,6 +53,11 @@ def check_type(value: Any, annotation: Any, key: str) -> Any:
         (item_type, *_) = typing.get_args(annotation) or (Any,)
         return [check_type(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
     if annotation is float:
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}.")
         return float(value)

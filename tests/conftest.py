@@ -1,0 +1,36 @@
+"""Shared test set-up.
+
+Dataset files are read from ``PPL_VAE_DATA``. When it is unset, the project's convention of a
+``shared/data`` folder beside the checkout is used (CI runs with ``../shared`` beside the clone).
+Tests that need the files skip when they are absent, except in CI (``CI=true``), where a missing
+data folder is an error.
+"""
+
+import os
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+if "PPL_VAE_DATA" not in os.environ and SHARED_DATA.is_dir():
+    os.environ["PPL_VAE_DATA"] = str(SHARED_DATA)
+
+# two cores: one torch thread per test process keeps timings steady and avoids oversubscription
+torch.set_num_threads(1)
+
+
+def pytest_sessionstart(session):
+    if os.environ.get("CI") == "true" and not Path(os.environ.get("PPL_VAE_DATA", "")).is_dir():
+        raise pytest.UsageError("CI=true but PPL_VAE_DATA does not point at a data folder (expected ../shared/data).")
+
+
+@pytest.fixture(autouse=True)
+def fresh_pyro():
+    """Every test starts with an empty param store and fixed seeds."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()
