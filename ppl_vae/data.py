@@ -176,10 +176,10 @@ def batches(
     for start in range(0, stop, batch_size):
         rows = slice(start, start + batch_size)
         batch = x[rows] if order is None else x[order[rows]]
-        yield _bernoulli(batch, generator) if binarize else batch
+        yield sample_binary(batch, generator) if binarize else batch
 
 
-def _bernoulli(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def sample_binary(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Bernoulli(probs) draws, as 0./1. of ``probs``' dtype, from uniforms drawn on the
     generator's device, so that CPU and CUDA give the same draws."""
     uniforms = torch.rand(probs.shape, generator=generator, device=generator.device)
@@ -227,7 +227,7 @@ def load_mnist_binarized(data_dir: Path, download: bool = True) -> Dataset:
     that every evaluation sees the same binary images.
     """
     dataset = _load_mnist_files("mnist-binarized", data_dir, download)
-    test = _bernoulli(dataset.test, torch.Generator().manual_seed(SPLIT_SEED))
+    test = sample_binary(dataset.test, torch.Generator().manual_seed(SPLIT_SEED))
     return replace(dataset, test=test, binary=True, dynamic_binarization=True)
 
 

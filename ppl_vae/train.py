@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ppl_vae.checkpoint import load_checkpoint, save_checkpoint
 from ppl_vae.config import Config, apply_overrides, from_dict, save_config, to_dict
-from ppl_vae.data import Dataset, batches, load_dataset
+from ppl_vae.data import Dataset, batches, load_dataset, sample_binary
 from ppl_vae.errors import ConfigError, DataError, TrainingError
 from ppl_vae.evaluate import elbo_terms, evaluate_elbo
 from ppl_vae.model import VAE, build_vae
@@ -58,8 +58,7 @@ def evaluation_split(dataset: Dataset, split: str) -> torch.Tensor:
     a fixed seed, so that evaluations are comparable between epochs and runs."""
     x, _ = dataset.split(split)
     if dataset.dynamic_binarization and split == "train":
-        generator = torch.Generator().manual_seed(0)
-        x = (torch.rand(x.shape, generator=generator).to(x.device) < x).to(x.dtype)
+        x = sample_binary(x, torch.Generator().manual_seed(0))
     return x
 
 
