@@ -4,6 +4,8 @@ project's own error (with a message), never a raw traceback from deep inside Pyt
 from __future__ import annotations
 
 import dataclasses
+import io
+import urllib.request
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from hypothesis.extra import numpy as hnp
 from torch.distributions import constraints
 
 from ppl_vae.config import Config, from_dict, to_dict
-from ppl_vae.data import DATASETS, Dataset, check_dataset
+from ppl_vae.data import DATASETS, Dataset, check_dataset, load_dataset
 from ppl_vae.errors import ConfigError, DataError, PplVaeError
 from ppl_vae.likelihoods import LIKELIHOODS, Bernoulli
 from ppl_vae.train import fit
@@ -54,14 +56,12 @@ def mutated_configs(draw) -> dict:
     """The default config with a few values at random paths replaced by random values."""
     values = to_dict(Config())
     for _ in range(draw(st.integers(1, 3))):
-        target, path = values, []
-        while isinstance(target, dict) and target and draw(st.booleans()):
-            key = draw(st.sampled_from(sorted(target, key=str)))
-            if not isinstance(target[key], dict):
-                break
-            target, path = target[key], [*path, key]
-        if isinstance(target, dict):
-            target[draw(st.sampled_from(sorted(target, key=str)) | KEYS)] = draw(VALUES)
+        target = values
+        while (inner := sorted((k for k, v in target.items() if isinstance(v, dict) and v), key=str)) \
+                and draw(st.booleans()):
+            target = target[draw(st.sampled_from(inner))]
+        keys = st.sampled_from(sorted(target, key=str)) | KEYS if target else KEYS
+        target[draw(keys)] = draw(VALUES)
     return values
 
 
@@ -168,3 +168,25 @@ def test_batch_larger_than_the_data_fails_before_training(tmp_path):
     with pytest.raises(ConfigError, match=r"^data\.batch_size: 1501 is larger than the 1500 training examples"):
         fit(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+class DroppedConnection(io.BytesIO):
+    """A response whose connection drops after ``size`` bytes of a bigger file."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(b"\0" * size)
+        self.headers = {"Content-Length": str(10 * size)}
+
+    def read(self, *args) -> bytes:
+        if chunk := super().read(*args):
+            return chunk
+        raise ConnectionResetError("[Errno 104] Connection reset by peer")
+
+
+def test_partial_download_leaves_no_file(monkeypatch, tmp_path):
+    monkeypatch.setattr(urllib.request, "urlopen", lambda request, timeout=None: DroppedConnection(4096))
+    with pytest.raises(DataError) as error:
+        load_dataset("frey", tmp_path)
+    message = str(error.value)
+    assert f"Missing dataset files in {tmp_path}" in message and "Connection reset by peer" in message
+    assert list(tmp_path.iterdir()) == []  # neither the file nor the partial download
