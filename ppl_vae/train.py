@@ -2,6 +2,12 @@
 
 Numbers are in nats per datapoint, as log-probabilities (DESIGN's conventions): ``elbo`` =
 ``reconstruction`` - ``kl``, with reconstruction = E_q[log p(x|z)] and kl = KL(q(z|x) || p(z)).
+
+Faults lose no run: a NaN or Inf loss or gradient stops training at its step with a
+:class:`~ppl_vae.errors.TrainingError`, before any checkpoint could hold it. Ctrl-C stops training
+between two steps and checkpoints the exact position, mid-epoch included (the epoch's batch order is
+redrawn from the data generator's state at the epoch's start, and the batches already done are
+skipped), so a resumed run ends with the same parameters as one never interrupted.
 """
 
 from __future__ import annotations
@@ -112,8 +118,12 @@ def check_finite(loss: float, vae: VAE, where: str) -> None:
             "exploding activations (set optim.clip_norm, e.g. 10) or a likelihood that does not fit the "
             "data. Training stopped; the last checkpoint is kept intact."
         )
-    if not bool(torch.stack([parameter.isfinite().all() for parameter in vae.parameters()]).all()):
-        broken = [name for name, parameter in vae.named_parameters() if not bool(parameter.isfinite().all())]
+    with torch.no_grad():  # one sum of sums: a NaN or Inf anywhere makes it non-finite
+        total = torch.stack([parameter.sum() for parameter in vae.parameters()]).sum().item()
+    broken = [] if math.isfinite(total) else [
+        name for name, parameter in vae.named_parameters() if not bool(parameter.isfinite().all())
+    ]  # empty if the sum only overflowed
+    if broken:
         raise TrainingError(
             f"a gradient became NaN or Inf {where}: the loss was finite ({loss:.6g}) but the update made "
             f"{', '.join(broken)} non-finite. Likely cause: exploding gradients; set optim.clip_norm "
@@ -149,7 +159,8 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False)
     """Train a VAE as ``config`` says, writing the run directory ``out_dir`` if one is given.
 
     With ``resume=True`` the run continues from ``out_dir/checkpoint.pt`` (the config's
-    ``train.epochs`` may be raised to train longer). Returns the :class:`Run`.
+    ``train.epochs`` may be raised to train longer). Returns the :class:`Run`. Ctrl-C saves a
+    checkpoint and raises :class:`~ppl_vae.errors.TrainingInterrupted` (a KeyboardInterrupt).
     """
     out_dir = Path(out_dir) if out_dir is not None else None
     if resume and out_dir is None:
