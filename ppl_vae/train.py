@@ -290,7 +290,9 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False)
     return run
 
 
-def _restore(checkpoint: dict[str, Any], path: Path, vae: VAE, optimizer: PyroOptim, generator: torch.Generator) -> None:
+def _restore(
+    checkpoint: dict[str, Any], path: Path, vae: VAE, optimizer: PyroOptim, generator: torch.Generator
+) -> None:
     """Load a checkpoint's model, optimizer and random states; a CheckpointError if they do not fit."""
     try:
         vae.load_state_dict(checkpoint["vae"])

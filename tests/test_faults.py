@@ -106,6 +106,8 @@ def finished_run(tmp_path_factory) -> Path:
 
 def test_truncated_checkpoint_is_refused(finished_run, tmp_path, capsys):
     (tmp_path / "checkpoint.pt").write_bytes((finished_run / "checkpoint.pt").read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="is truncated or corrupted"):
+        fit(from_dict(QUICK), tmp_path, resume=True)
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert f"checkpoint '{tmp_path / 'checkpoint.pt'}' is truncated or corrupted" in capsys.readouterr().err
     assert (tmp_path / "checkpoint.pt").stat().st_size == 5000  # refused, left as it was
@@ -119,7 +121,7 @@ def test_foreign_checkpoint_is_refused(foreign, tmp_path, capsys):
     else:
         path.write_text("epoch: 3\n")
     assert main(["train", "--resume", str(tmp_path)]) == 2
-    expected = "is not a ppl_vae checkpoint" if foreign == "state_dict" else "is truncated or corrupted, or not a checkpoint"
+    expected = "is not a ppl_vae checkpoint" if foreign == "state_dict" else "is truncated or corrupted, or not"
     assert f"'{path}' {expected}" in capsys.readouterr().err
 
 
@@ -165,8 +167,8 @@ def test_ctrl_c_saves_mid_epoch_and_resumes_exactly(dataset, monkeypatch, tmp_pa
 
 # -- killed and interrupted processes ------------------------------------------------------------
 
-SLOW = ["--set", "device=cpu", "--set", "train.epochs=3", "--set", "data.batch_size=20", "--set", "train.eval_every=100",
-        "--set", "train.progress=false"]  # 75 steps per epoch
+SLOW = ["--set", "device=cpu", "--set", "train.epochs=3", "--set", "data.batch_size=20",
+        "--set", "train.eval_every=100", "--set", "train.progress=false"]  # 75 steps per epoch
 
 
 def start_training(out: Path, *args: str) -> subprocess.Popen:
