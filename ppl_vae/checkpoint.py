@@ -40,7 +40,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         state = torch.load(path, map_location=map_location, weights_only=False)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is truncated or corrupted ({error}); "
+            f"checkpoint {str(path)!r} is truncated or corrupted, or not a checkpoint at all ({error}); "
             "restart the run, or resume from a copy of an intact checkpoint."
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     except PplVaeError as error:
         print(f"ppl-vae: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("ppl-vae: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:  # TrainingInterrupted says where its checkpoint is
+        print(f"ppl-vae: interrupted{': ' if str(interrupt) else ''}{interrupt}", file=sys.stderr)
         return 130
     return 0
 

@@ -66,6 +66,7 @@ class OptimConfig:
     name: str = "adam"  # adam | adagrad
     lr: float = 1e-3
     weight_decay: float = 0.0
+    clip_norm: float | None = None  # clip each parameter's gradient to this norm (Pyro's clip_args)
 
 
 @dataclass
@@ -140,8 +141,12 @@ def _get(config: Config, key: str) -> Any:
 
 
 def validate(config: Config) -> Config:
-    """Check the values that no type can express and every part name and option; return config."""
-    from ppl_vae.parts import REGISTRIES  # the registries import torch: only when validating
+    """Check the values that no type can express, the dataset name and every part name and
+    option; return config. Parts that need the data's size are built (and check their values) in
+    :func:`~ppl_vae.train.fit`, still before any training."""
+    from ppl_vae.data import DATASETS  # the registries import torch: only when validating
+    from ppl_vae.objectives import build_schedule
+    from ppl_vae.parts import REGISTRIES
 
     for key, allowed in CHOICES.items():
         if _get(config, key) not in allowed:
@@ -155,9 +160,15 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"{key}: must be > 0, got {_get(config, key)!r}.")
     if config.optim.weight_decay < 0:
         raise ConfigError(f"optim.weight_decay: must be >= 0, got {config.optim.weight_decay!r}.")
+    if config.optim.clip_norm is not None and config.optim.clip_norm <= 0:
+        raise ConfigError(f"optim.clip_norm: must be > 0 or null (no clipping), got {config.optim.clip_norm!r}.")
+    if not 0 <= config.seed < 2**32:
+        raise ConfigError(f"seed: must be in [0, 2**32 - 1] (NumPy's range), got {config.seed!r}.")
+    DATASETS.get(config.data.name, "data.name")
     for key, registry in REGISTRIES.items():
         spec: PartSpec = _get(config, key)
         spec.options = registry.check_options(spec.name, spec.options, key)
+    build_schedule(config.objective.beta)
     return config
 
 

@@ -145,9 +145,7 @@ def load_dataset(
     against their SHA256, and downloaded there first if missing and ``download`` is true.
     """
     loader = DATASETS.get(name, key="data.name")
-    dataset = loader(_find_data_dir(data_dir), download)
-    for split in dataset.splits:
-        _check_split(dataset, split)
+    dataset = check_dataset(loader(_find_data_dir(data_dir), download))
     return dataset.to(device)
 
 
@@ -314,15 +312,28 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     return pixels.reshape(shape)
 
 
+def check_dataset(dataset: Dataset) -> Dataset:
+    """Return ``dataset`` if every split is what the model needs, else raise a DataError saying
+    which split is wrong and how: a non-empty float32 tensor of shape (N, height * width) with
+    finite values in [0, 1], and N labels where labelled."""
+    for split in dataset.splits:
+        _check_split(dataset, split)
+    return dataset
+
+
 def _check_split(dataset: Dataset, split: str) -> None:
-    """Raise a DataError unless split ``split`` is a non-empty (N, D) tensor of finite values in
-    [0, 1], with N labels if labelled."""
     x, labels = dataset.split(split)
     where = f"Dataset {dataset.name!r}, split {split!r}"
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != np.prod(dataset.image_shape):
+    data_dim = int(np.prod(dataset.image_shape))
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32:
         raise DataError(
-            f"{where}: expected a non-empty (N, {np.prod(dataset.image_shape)}) array, "
-            f"got shape {tuple(x.shape)}. {DELETE_CORRUPTED}"
+            f"{where}: expected a torch tensor of float32, got {type(x).__name__} of "
+            f"{getattr(x, 'dtype', 'no dtype')}; a loader should return torch.from_numpy(array).float()."
+        )
+    if x.ndim != 2 or x.shape[0] == 0 or data_dim == 0 or x.shape[1] != data_dim:
+        raise DataError(
+            f"{where}: expected a non-empty (N, {data_dim}) array (image shape "
+            f"{tuple(dataset.image_shape)}), got shape {tuple(x.shape)}. {DELETE_CORRUPTED}"
         )
     low, high = torch.aminmax(x)  # NaN if any value is NaN
     if not (0 <= low and high <= 1):

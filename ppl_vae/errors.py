@@ -20,3 +20,12 @@ class CheckpointError(PplVaeError):
 
 class TrainingError(PplVaeError):
     """Training cannot go on (for example, the loss became NaN)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training was stopped by Ctrl-C (SIGINT) between two steps. ``checkpoint`` is the file its
+    state was saved to (``None`` for a run without a run directory, where nothing is saved)."""
+
+    def __init__(self, message: str, checkpoint: str | None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint

@@ -69,7 +69,7 @@ class Registry(Generic[T]):
             if option not in accepted:
                 raise ConfigError(
                     f"{key}.{option}: {self.kind} {name!r} has no option {option!r}."
-                    f"{suggest(option, list(accepted))} "
+                    f"{suggest(str(option), list(accepted))} "
                     f"Its options: {', '.join(accepted) or 'none'}."
                 )
             checked[option] = check_type(value, hints.get(option, Any), f"{key}.{option}")

@@ -2,13 +2,25 @@
 
 Numbers are in nats per datapoint, as log-probabilities (DESIGN's conventions): ``elbo`` =
 ``reconstruction`` - ``kl``, with reconstruction = E_q[log p(x|z)] and kl = KL(q(z|x) || p(z)).
+
+Faults lose no run: a NaN or Inf loss or gradient stops training at its step with a
+:class:`~ppl_vae.errors.TrainingError`, before any checkpoint could hold it. Ctrl-C stops training
+between two steps and checkpoints the exact position, mid-epoch included (the epoch's batch order is
+redrawn from the data generator's state at the epoch's start, and the batches already done are
+skipped), so a resumed run ends with the same parameters as one never interrupted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import math
+import signal
+import sys
+import threading
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +30,13 @@ import pyro.optim
 import torch
 from pyro import poutine
 from pyro.infer import SVI
+from pyro.optim import PyroOptim
 from tqdm.auto import tqdm
 
 from ppl_vae.checkpoint import load_checkpoint, save_checkpoint
-from ppl_vae.config import Config, apply_overrides, from_dict, save_config, to_dict
+from ppl_vae.config import Config, OptimConfig, apply_overrides, from_dict, save_config, to_dict
 from ppl_vae.data import Dataset, batches, load_dataset, sample_binary
-from ppl_vae.errors import ConfigError, DataError, TrainingError
+from ppl_vae.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from ppl_vae.evaluate import elbo_terms, evaluate_elbo
 from ppl_vae.model import VAE, build_vae
 from ppl_vae.objectives import build_schedule, make_elbo
@@ -66,7 +79,7 @@ def check_support(vae: VAE, dataset: Dataset, key: str = "model.likelihood") -> 
     """Refuse data outside the likelihood's support before training (not a NaN hours later)."""
     for split in ("train", "test"):
         if not bool(vae.likelihood.support.check(evaluation_split(dataset, split)).all()):
-            raise DataError(
+            raise ConfigError(
                 f"{key}: {type(vae.likelihood).__name__} needs data in {vae.likelihood.support}, but the "
                 f"{split} split of {dataset.name!r} has values outside it; choose a likelihood whose support fits."
             )
@@ -85,11 +98,68 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def make_optimizer(config: OptimConfig) -> PyroOptim:
+    """The Pyro optimizer of a config's ``optim`` section. With ``clip_norm``, Pyro clips each
+    parameter tensor's gradient to that norm before the update (``clip_args``)."""
+    clip_args = {"clip_norm": config.clip_norm} if config.clip_norm is not None else None
+    return OPTIMIZERS[config.name]({"lr": config.lr, "weight_decay": config.weight_decay}, clip_args)
+
+
+def check_finite(loss: float, vae: VAE, where: str) -> None:
+    """Stop at the step where the loss, or a gradient, stopped being finite.
+
+    SVI zeroes the gradients after its update, so a NaN or Inf gradient is caught by its trace: the
+    parameters it made non-finite (Adam and Adagrad turn an Inf gradient into a NaN update).
+    """
+    if not math.isfinite(loss):
+        raise TrainingError(
+            f"the loss became {loss} {where}. Likely causes: a learning rate too high (lower optim.lr), "
+            "exploding activations (set optim.clip_norm, e.g. 10) or a likelihood that does not fit the "
+            "data. Training stopped; the last checkpoint is kept intact."
+        )
+    with torch.no_grad():  # one sum of sums: a NaN or Inf anywhere makes it non-finite
+        total = torch.stack([parameter.sum() for parameter in vae.parameters()]).sum().item()
+    broken = [] if math.isfinite(total) else [
+        name for name, parameter in vae.named_parameters() if not bool(parameter.isfinite().all())
+    ]  # empty if the sum only overflowed
+    if broken:
+        raise TrainingError(
+            f"a gradient became NaN or Inf {where}: the loss was finite ({loss:.6g}) but the update made "
+            f"{', '.join(broken)} non-finite. Likely cause: exploding gradients; set optim.clip_norm "
+            "(e.g. 10) or lower optim.lr. Training stopped; the last checkpoint is kept intact."
+        )
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """While active, the first Ctrl-C (SIGINT) only sets ``requested`` on the yielded flag, for the
+    training loop to stop between two steps with a consistent state; a second one interrupts at once.
+    Outside the main thread (where Python cannot handle signals) Ctrl-C keeps its usual effect."""
+    flag = types.SimpleNamespace(requested=False)
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.requested:
+            raise KeyboardInterrupt
+        flag.requested = True
+        print("\nppl-vae: Ctrl-C: saving a checkpoint after this step (press Ctrl-C again to stop at once)",
+              file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False) -> Run:
     """Train a VAE as ``config`` says, writing the run directory ``out_dir`` if one is given.
 
     With ``resume=True`` the run continues from ``out_dir/checkpoint.pt`` (the config's
-    ``train.epochs`` may be raised to train longer). Returns the :class:`Run`.
+    ``train.epochs`` may be raised to train longer). Returns the :class:`Run`. Ctrl-C saves a
+    checkpoint and raises :class:`~ppl_vae.errors.TrainingInterrupted` (a KeyboardInterrupt).
     """
     out_dir = Path(out_dir) if out_dir is not None else None
     if resume and out_dir is None:
@@ -109,7 +179,7 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False)
     vae = build_vae(config.model, dataset.data_dim).to(device)
     check_support(vae, dataset)
     schedule = build_schedule(config.objective.beta)
-    optimizer = OPTIMIZERS[config.optim.name]({"lr": config.optim.lr, "weight_decay": config.optim.weight_decay})
+    optimizer = make_optimizer(config.optim)
     # traced model and guide: the terms (reconstruction, KL) are read off the traces of each step
     model, guide = poutine.trace(vae.model), poutine.trace(vae.guide)
     svi = SVI(model, guide, optimizer, make_elbo(config.objective.elbo, config.objective.num_particles))
@@ -117,17 +187,43 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False)
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, Any]] = []
     epoch = step = 0
+    # the epoch in progress: batches done, and the sums of reconstruction and KL over them
+    epoch_step, totals, seen = 0, torch.zeros(2, device=device), 0
     seconds_before = 0.0
     if checkpoint is not None:
-        vae.load_state_dict(checkpoint["vae"])
-        optimizer.set_state(checkpoint["optimizer"])
-        generator.set_state(checkpoint["data_generator"])
-        _set_rng_state(checkpoint["rng"])
+        _restore(checkpoint, out_dir / CHECKPOINT, vae, optimizer, generator)
         epoch, step, history = checkpoint["epoch"], checkpoint["step"], checkpoint["history"]
         seconds_before = checkpoint["seconds"]
+        if checkpoint.get("epoch_step", 0):
+            epoch_step, seen = checkpoint["epoch_step"], checkpoint["epoch_seen"]
+            totals = torch.tensor(checkpoint["epoch_totals"], device=device)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
+
+    def save(data_generator_state: torch.Tensor) -> Path:
+        """Checkpoint the run; ``data_generator_state`` is the data generator's state at the start
+        of the epoch in progress, whose first ``epoch_step`` batches are done."""
+        path = out_dir / CHECKPOINT
+        save_checkpoint(path, {
+            "config": to_dict(config), "epoch": epoch, "step": step, "history": history,
+            "seconds": seconds_before + time.perf_counter() - started,
+            "vae": vae.state_dict(), "optimizer": optimizer.get_state(),
+            "data_generator": data_generator_state, "rng": _rng_state(),
+            "epoch_step": epoch_step, "epoch_seen": seen, "epoch_totals": totals.tolist(),
+        })
+        (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+        return path
+
+    def interrupted(data_generator_state: torch.Tensor) -> TrainingInterrupted:
+        where = f"at step {step} (epoch {epoch + 1}, after {epoch_step} of its {steps_per_epoch} batches)"
+        if out_dir is None:
+            return TrainingInterrupted(f"training stopped {where}; no run directory, so nothing was saved.", None)
+        path = save(data_generator_state)
+        return TrainingInterrupted(
+            f"training stopped {where}; checkpoint saved to {path}. "
+            f"Continue with: ppl-vae train --resume {out_dir}", str(path)
+        )
 
     test_x = evaluation_split(dataset, "test")
     steps_per_epoch = math.ceil(dataset.train.shape[0] / config.data.batch_size)
@@ -135,47 +231,45 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False)
         total=config.train.epochs * steps_per_epoch, initial=step, disable=not config.train.progress,
         unit="step", dynamic_ncols=True,
     )
-    while epoch < config.train.epochs:
-        epoch_started = time.perf_counter()
-        totals = torch.zeros(2, device=device)  # summed reconstruction and KL over the epoch
-        seen = 0
-        beta = schedule(step, epoch)
-        for x in batches(dataset.train, config.data.batch_size, generator, binarize=dataset.dynamic_binarization):
+    with deferred_interrupt() as interrupt, bar:
+        while epoch < config.train.epochs:
+            epoch_started = time.perf_counter()
+            epoch_generator_state = generator.get_state()
             beta = schedule(step, epoch)
-            loss = svi.step(x, beta)
-            if not math.isfinite(loss):
-                raise TrainingError(
-                    f"the loss became {loss} at step {step} (epoch {epoch + 1}); lower optim.lr, or check "
-                    "that the likelihood fits the data. The last checkpoint is kept intact."
-                )
-            reconstruction, kl = elbo_terms(model.trace, guide.trace, analytic_kl)
-            totals += torch.stack([reconstruction.sum(), kl.sum()]).detach()
-            seen += x.shape[0]
-            step += 1
-            bar.update()
-            if step % 20 == 0 or seen == dataset.train.shape[0]:
-                rec, kl_mean = (totals / seen).tolist()
-                bar.set_postfix(epoch=epoch + 1, elbo=f"{rec - kl_mean:.2f}", rec=f"{rec:.2f}", kl=f"{kl_mean:.2f}",
-                                beta=f"{beta:.3g}", refresh=False)
-        epoch += 1
-        rec, kl_mean = (totals / seen).tolist()
-        record = {"epoch": epoch, "step": step, "beta": beta,
-                  "train_elbo": rec - kl_mean, "train_reconstruction": rec, "train_kl": kl_mean}
-        if epoch % config.train.eval_every == 0 or epoch == config.train.epochs:
-            test = evaluate_elbo(vae, test_x, config.train.eval_batch_size)
-            record.update({f"test_{name}": value for name, value in test.items()})
-        record["seconds"] = seconds_before + time.perf_counter() - started
-        record["epoch_seconds"] = time.perf_counter() - epoch_started
-        history.append(record)
-        if out_dir is not None and (epoch % config.train.checkpoint_every == 0 or epoch == config.train.epochs):
-            save_checkpoint(out_dir / CHECKPOINT, {
-                "config": to_dict(config), "epoch": epoch, "step": step, "history": history,
-                "seconds": seconds_before + time.perf_counter() - started,
-                "vae": vae.state_dict(), "optimizer": optimizer.get_state(),
-                "data_generator": generator.get_state(), "rng": _rng_state(),
-            })
-            (out_dir / "history.json").write_text(json.dumps(history, indent=1))
-    bar.close()
+            epoch_batches = batches(dataset.train, config.data.batch_size, generator,
+                                    binarize=dataset.dynamic_binarization)
+            # a run resumed mid-epoch redraws the epoch's batches and skips those already done
+            for x in itertools.islice(epoch_batches, epoch_step, None):
+                if interrupt.requested:
+                    raise interrupted(epoch_generator_state)
+                beta = schedule(step, epoch)
+                loss = svi.step(x, beta)
+                check_finite(loss, vae, f"at step {step + 1} (epoch {epoch + 1}, batch {epoch_step + 1})")
+                reconstruction, kl = elbo_terms(model.trace, guide.trace, analytic_kl)
+                totals += torch.stack([reconstruction.sum(), kl.sum()]).detach()
+                seen += x.shape[0]
+                step += 1
+                epoch_step += 1
+                bar.update()
+                if step % 20 == 0 or seen == dataset.train.shape[0]:
+                    rec, kl_mean = (totals / seen).tolist()
+                    bar.set_postfix(epoch=epoch + 1, elbo=f"{rec - kl_mean:.2f}", rec=f"{rec:.2f}",
+                                    kl=f"{kl_mean:.2f}", beta=f"{beta:.3g}", refresh=False)
+            epoch += 1
+            rec, kl_mean = (totals / seen).tolist()
+            epoch_step, totals, seen = 0, torch.zeros(2, device=device), 0
+            record = {"epoch": epoch, "step": step, "beta": beta,
+                      "train_elbo": rec - kl_mean, "train_reconstruction": rec, "train_kl": kl_mean}
+            if epoch % config.train.eval_every == 0 or epoch == config.train.epochs:
+                test = evaluate_elbo(vae, test_x, config.train.eval_batch_size)
+                record.update({f"test_{name}": value for name, value in test.items()})
+            record["seconds"] = seconds_before + time.perf_counter() - started
+            record["epoch_seconds"] = time.perf_counter() - epoch_started
+            history.append(record)
+            if out_dir is not None and (epoch % config.train.checkpoint_every == 0 or epoch == config.train.epochs):
+                save(generator.get_state())
+            if interrupt.requested:
+                raise interrupted(generator.get_state())
     metrics = {
         "train_elbo": evaluate_elbo(vae, evaluation_split(dataset, "train"), config.train.eval_batch_size)["elbo"],
         **{f"test_{name}": value for name, value in evaluate_elbo(vae, test_x, config.train.eval_batch_size).items()},
@@ -193,6 +287,22 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False)
         metrics["seconds"] = seconds_before + time.perf_counter() - started
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return run
+
+
+def _restore(
+    checkpoint: dict[str, Any], path: Path, vae: VAE, optimizer: PyroOptim, generator: torch.Generator
+) -> None:
+    """Load a checkpoint's model, optimizer and random states; a CheckpointError if they do not fit."""
+    try:
+        vae.load_state_dict(checkpoint["vae"])
+        optimizer.set_state(checkpoint["optimizer"])
+        generator.set_state(checkpoint["data_generator"])
+        _set_rng_state(checkpoint["rng"])
+    except (KeyError, RuntimeError, TypeError) as error:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not fit this run ({type(error).__name__}: {error}); resume with "
+            "the config the run was started with (no --set of model.* options)."
+        ) from None
 
 
 def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import math
+import sys
 import types
 import typing
 from typing import Any
@@ -55,12 +57,15 @@ def check_type(value: Any, annotation: Any, key: str) -> Any:
     if annotation is float:
         if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}.")
-        return float(value)
+        number = float(value) if abs(value) <= sys.float_info.max else math.inf  # huge ints overflow
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}.")
+        return number
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}.")
