@@ -61,9 +61,10 @@ def plot_samples(vae: VAE, image_shape: tuple[int, int], path: Path, count: int 
 
 
 def plot_training_curves(history: list[dict[str, Any]], path: Path) -> Path:
-    """ELBO (train and test), reconstruction, KL and β per epoch."""
+    """ELBO (train and test), reconstruction, KL and β per epoch; with GECO also λ and C_ma."""
     epochs = [record["epoch"] for record in history]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
+    geco = bool(history) and "geco_lambda" in history[0]
+    fig, axes = plt.subplots(1, 6 if geco else 4, figsize=(24 if geco else 16, 3.5))
     panels = [("elbo", "ELBO (nats/datapoint)"), ("reconstruction", "E_q log p(x|z) (nats)"), ("kl", "KL(q||p) (nats)")]
     for ax, (name, label) in zip(axes, panels):
         ax.plot(epochs, [record[f"train_{name}"] for record in history], label="train")
@@ -73,6 +74,12 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path) -> Path:
         ax.legend()
     axes[3].plot(epochs, [record["beta"] for record in history])
     axes[3].set(xlabel="epoch", ylabel="β (KL weight)")
+    if geco:
+        axes[4].semilogy(epochs, [record["geco_lambda"] for record in history])
+        axes[4].set(xlabel="epoch", ylabel="GECO λ (constraint weight)")
+        axes[5].plot(epochs, [record["geco_c_ma"] for record in history])
+        axes[5].axhline(0.0, color="gray", linestyle="--", linewidth=1)
+        axes[5].set(xlabel="epoch", ylabel="GECO C_ma (constraint; <= 0 is met)")
     fig.tight_layout()
     return _save(fig, path)
 
