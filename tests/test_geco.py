@@ -151,3 +151,13 @@ def test_geco_state_survives_a_checkpoint_round_trip(tmp_path):
 def test_config_errors_name_the_key(objective, key):
     with pytest.raises(ConfigError, match=key):
         from_dict({"objective": objective})
+
+
+def test_marginal_kl_of_identical_posteriors_is_their_kl(vae_and_data):
+    from ppl_vae.experiments.geco import _marginal_kl
+
+    vae, x = vae_and_data
+    copies = x[:1].expand(4000, DATA_DIM)  # the aggregate posterior of one repeated x is q(z|x) itself
+    posterior = vae.encode(x[:1])
+    exact = torch.distributions.kl_divergence(posterior, vae.prior()).item()
+    assert _marginal_kl(vae, copies) == pytest.approx(exact, abs=0.1)
