@@ -55,10 +55,25 @@ class ModelConfig:
 
 
 @dataclass
+class GecoConfig:
+    """GECO (Taming VAEs): minimize KL + λ·C subject to C <= 0; see :class:`ppl_vae.geco.GECO`."""
+
+    tolerance: float | None = None  # κ (required): RMS error per dimension, or nats per datapoint for nll
+    constraint: str = "reconstruction_error"  # reconstruction_error: ||x - E[x|z]||² - D·κ²; nll: -log p(x|z) - κ
+    alpha: float = 0.99  # moving average of the constraint
+    rate: float = 1e-3  # ν in λ <- λ·exp(ν·C_ma)
+    lambda_init: float = 1.0
+    lambda_min: float = 1e-6
+    lambda_max: float = 1e6
+    warmup: int = 0  # steps before λ starts to move
+
+
+@dataclass
 class ObjectiveConfig:
     elbo: str = "trace"  # trace: Trace_ELBO (Monte Carlo KL); meanfield: TraceMeanField_ELBO (analytic KL)
     num_particles: int = 1
     beta: PartSpec = field(default_factory=lambda: part("constant", value=1.0))
+    geco: GecoConfig | None = None  # a mapping turns the ELBO into GECO's constrained objective
 
 
 @dataclass
@@ -109,6 +124,12 @@ def _part_from_yaml(value: Any, key: str) -> PartSpec:
     raise ConfigError(f"{key}: expected a part name or a mapping with a 'name', got {value!r}.")
 
 
+def _optional_dataclass(annotation: Any) -> Any:
+    """``Section | None`` -> ``Section`` (a section that may be left out); other annotations as they are."""
+    members = [m for m in typing.get_args(annotation) if m is not type(None)]
+    return members[0] if len(members) == 1 and dataclasses.is_dataclass(members[0]) else annotation
+
+
 def _from_dict(cls: type, values: Any, prefix: str) -> Any:
     if dataclasses.is_dataclass(values):
         values = to_dict(values)
@@ -123,7 +144,7 @@ def _from_dict(cls: type, values: Any, prefix: str) -> Any:
             raise ConfigError(
                 f"{key}: unknown key.{suggest(str(name), fields)} Allowed keys here: {', '.join(fields)}."
             )
-        annotation = hints[name]
+        annotation = _optional_dataclass(hints[name]) if value is not None else hints[name]
         if annotation is PartSpec:
             kwargs[name] = _part_from_yaml(value, key)
         elif dataclasses.is_dataclass(annotation):
@@ -169,7 +190,22 @@ def validate(config: Config) -> Config:
         spec: PartSpec = _get(config, key)
         spec.options = registry.check_options(spec.name, spec.options, key)
     build_schedule(config.objective.beta)
+    if config.objective.geco is not None:
+        _validate_geco(config.objective)
     return config
+
+
+def _validate_geco(objective: ObjectiveConfig) -> None:
+    from ppl_vae.objectives import Constant, build_objective, build_schedule
+
+    if objective.geco.tolerance is None:
+        raise ConfigError("objective.geco.tolerance: GECO needs the tolerance κ of its constraint, e.g. "
+                          "objective.geco.tolerance=0.1 (RMS reconstruction error per dimension).")
+    schedule = build_schedule(objective.beta)
+    if not (isinstance(schedule, Constant) and schedule.value == 1.0):
+        raise ConfigError("objective.beta: GECO sets the weight of the KL against the constraint itself (through "
+                          "λ); leave beta at its default (constant 1) when objective.geco is set.")
+    build_objective(objective)  # the GECO constructor checks its own values
 
 
 def from_dict(values: dict[str, Any]) -> Config:

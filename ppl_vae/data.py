@@ -273,6 +273,29 @@ def load_frey(data_dir: Path, download: bool = True) -> Dataset:
     )
 
 
+MIXTURE_CENTRES = ((0.2, 0.4), (0.2, 0.6), (0.8, 0.4), (0.8, 0.6))
+MIXTURE_STD = 0.02
+MIXTURE_SIZES = (2000, 500)
+
+
+@DATASETS.register("mixture2d")
+def load_mixture2d(data_dir: Path, download: bool = True) -> Dataset:
+    """A 2-D mixture of four Gaussians (std 0.02) in the unit square, in two pairs: the pairs are
+    0.6 apart, the clusters in a pair 0.2 apart (Taming VAEs Fig. 2, β-VAE phase transitions).
+
+    2000 training and 500 test points, drawn with seed 0 (no file); labels are the cluster indices.
+    Each point is a 1x2 "image"."""
+    generator = torch.Generator().manual_seed(SPLIT_SEED)
+    count = sum(MIXTURE_SIZES)
+    labels = torch.randint(len(MIXTURE_CENTRES), (count,), generator=generator)
+    noise = MIXTURE_STD * torch.randn(count, 2, generator=generator)
+    points = (torch.tensor(MIXTURE_CENTRES)[labels] + noise).clamp(0, 1)
+    train = slice(0, MIXTURE_SIZES[0])
+    test = slice(MIXTURE_SIZES[0], count)
+    return Dataset(name="mixture2d", train=points[train], test=points[test], image_shape=(1, 2),
+                   train_labels=labels[train], test_labels=labels[test])
+
+
 def _load_mnist_files(name: str, folder: Path, download: bool) -> Dataset:
     """MNIST from the four IDX files: grayscale pixels / 255, official split, labels."""
     paths = dict(zip(MNIST_FILES, _fetch(list(MNIST_FILES.values()), folder, download)))

@@ -1,14 +1,16 @@
-"""Training objectives: the ELBO estimators and the schedules of the KL weight β."""
+"""Training objectives: the ELBO estimators, the schedules of the KL weight β, and GECO."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Literal
 
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
-from ppl_vae.config import PartSpec
+from ppl_vae.config import ObjectiveConfig, PartSpec
 from ppl_vae.errors import ConfigError
+from ppl_vae.geco import GECO
 from ppl_vae.registry import Registry
 
 ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
@@ -126,3 +128,17 @@ class Cyclical(Schedule):
 def build_schedule(spec: PartSpec) -> Schedule:
     """The schedule of a config's ``objective.beta`` part."""
     return SCHEDULES.build(spec, "objective.beta")
+
+
+def build_objective(config: ObjectiveConfig) -> ELBO | GECO:
+    """The loss for ``SVI`` that a config's ``objective`` section describes: its ELBO, or GECO
+    wrapped around that ELBO when ``objective.geco`` is set."""
+    elbo = make_elbo(config.elbo, config.num_particles)
+    if config.geco is None:
+        return elbo
+    options = dataclasses.asdict(config.geco)
+    constraint = options.pop("constraint")
+    try:
+        return GECO(elbo, constraint, **options)
+    except ConfigError as error:
+        raise ConfigError(f"objective.geco.{error}") from None

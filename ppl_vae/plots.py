@@ -61,9 +61,10 @@ def plot_samples(vae: VAE, image_shape: tuple[int, int], path: Path, count: int 
 
 
 def plot_training_curves(history: list[dict[str, Any]], path: Path) -> Path:
-    """ELBO (train and test), reconstruction, KL and β per epoch."""
+    """ELBO (train and test), reconstruction, KL and β per epoch; with GECO, λ and C_ma instead of β."""
     epochs = [record["epoch"] for record in history]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
+    geco = bool(history) and "geco_lambda" in history[0]
+    fig, axes = plt.subplots(1, 5 if geco else 4, figsize=(20 if geco else 16, 3.5))
     panels = [("elbo", "ELBO (nats/datapoint)"), ("reconstruction", "E_q log p(x|z) (nats)"), ("kl", "KL(q||p) (nats)")]
     for ax, (name, label) in zip(axes, panels):
         ax.plot(epochs, [record[f"train_{name}"] for record in history], label="train")
@@ -71,8 +72,15 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path) -> Path:
         ax.plot([r["epoch"] for r in tested], [r[f"test_{name}"] for r in tested], "o-", markersize=3, label="test")
         ax.set(xlabel="epoch", ylabel=label)
         ax.legend()
-    axes[3].plot(epochs, [record["beta"] for record in history])
-    axes[3].set(xlabel="epoch", ylabel="β (KL weight)")
+    if geco:
+        axes[3].semilogy(epochs, [record["geco_lambda"] for record in history])
+        axes[3].set(xlabel="epoch", ylabel="GECO λ (constraint weight)")
+        axes[4].plot(epochs, [record["geco_c_ma"] for record in history])
+        axes[4].axhline(0.0, color="gray", linestyle="--", linewidth=1)
+        axes[4].set(xlabel="epoch", ylabel="GECO C_ma (constraint; <= 0 is met)")
+    else:
+        axes[3].plot(epochs, [record["beta"] for record in history])
+        axes[3].set(xlabel="epoch", ylabel="β (KL weight)")
     fig.tight_layout()
     return _save(fig, path)
 

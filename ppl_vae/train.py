@@ -38,8 +38,9 @@ from ppl_vae.config import Config, OptimConfig, apply_overrides, from_dict, save
 from ppl_vae.data import Dataset, batches, load_dataset, sample_binary
 from ppl_vae.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from ppl_vae.evaluate import elbo_terms, evaluate_elbo
+from ppl_vae.geco import GECO
 from ppl_vae.model import VAE, build_vae
-from ppl_vae.objectives import build_schedule, make_elbo
+from ppl_vae.objectives import build_objective, build_schedule
 
 OPTIMIZERS = {"adam": pyro.optim.Adam, "adagrad": pyro.optim.Adagrad}
 CHECKPOINT = "checkpoint.pt"
@@ -64,6 +65,7 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     out_dir: Path | None = None
+    geco: GECO | None = None  # the GECO objective (λ, C_ma and its per-step history), if one was used
 
 
 def evaluation_split(dataset: Dataset, split: str) -> torch.Tensor:
@@ -154,6 +156,11 @@ def deferred_interrupt():
         signal.signal(signal.SIGINT, previous)
 
 
+def _geco_postfix(geco: GECO | None) -> dict[str, str]:
+    """λ and C_ma for the progress bar, when training with GECO."""
+    return {} if geco is None else {"lambda": f"{geco.lam:.3g}", "c_ma": f"{geco.c_ma:.3g}"}
+
+
 def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False) -> Run:
     """Train a VAE as ``config`` says, writing the run directory ``out_dir`` if one is given.
 
@@ -182,7 +189,9 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False)
     optimizer = make_optimizer(config.optim)
     # traced model and guide: the terms (reconstruction, KL) are read off the traces of each step
     model, guide = poutine.trace(vae.model), poutine.trace(vae.guide)
-    svi = SVI(model, guide, optimizer, make_elbo(config.objective.elbo, config.objective.num_particles))
+    objective = build_objective(config.objective)
+    geco = objective if isinstance(objective, GECO) else None
+    svi = SVI(model, guide, optimizer, objective)
     analytic_kl = config.objective.elbo == "meanfield"
     generator = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, Any]] = []
@@ -193,6 +202,8 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False)
     if checkpoint is not None:
         _restore(checkpoint, out_dir / CHECKPOINT, vae, optimizer, generator)
         epoch, step, history = checkpoint["epoch"], checkpoint["step"], checkpoint["history"]
+        if geco is not None:
+            geco.load_state_dict(checkpoint["geco"])
         seconds_before = checkpoint["seconds"]
         if checkpoint.get("epoch_step", 0):
             epoch_step, seen = checkpoint["epoch_step"], checkpoint["epoch_seen"]
@@ -211,8 +222,11 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False)
             "vae": vae.state_dict(), "optimizer": optimizer.get_state(),
             "data_generator": data_generator_state, "rng": _rng_state(),
             "epoch_step": epoch_step, "epoch_seen": seen, "epoch_totals": totals.tolist(),
+            "geco": geco.state_dict() if geco is not None else None,
         })
         (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+        if geco is not None:
+            (out_dir / "geco.json").write_text(json.dumps(geco.history))
         return path
 
     def interrupted(data_generator_state: torch.Tensor) -> TrainingInterrupted:
@@ -254,12 +268,15 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False)
                 if step % 20 == 0 or seen == dataset.train.shape[0]:
                     rec, kl_mean = (totals / seen).tolist()
                     bar.set_postfix(epoch=epoch + 1, elbo=f"{rec - kl_mean:.2f}", rec=f"{rec:.2f}",
-                                    kl=f"{kl_mean:.2f}", beta=f"{beta:.3g}", refresh=False)
+                                    kl=f"{kl_mean:.2f}", beta=f"{beta:.3g}", refresh=False,
+                                    **_geco_postfix(geco))
             epoch += 1
             rec, kl_mean = (totals / seen).tolist()
             epoch_step, totals, seen = 0, torch.zeros(2, device=device), 0
             record = {"epoch": epoch, "step": step, "beta": beta,
                       "train_elbo": rec - kl_mean, "train_reconstruction": rec, "train_kl": kl_mean}
+            if geco is not None:
+                record.update({"geco_lambda": geco.lam, "geco_c_ma": geco.c_ma})
             if epoch % config.train.eval_every == 0 or epoch == config.train.epochs:
                 test = evaluate_elbo(vae, test_x, config.train.eval_batch_size)
                 record.update({f"test_{name}": value for name, value in test.items()})
@@ -279,7 +296,7 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False)
         "units": "nats per datapoint; elbo = reconstruction - kl, log-probability sign (higher is better)",
     }
     metrics["seconds"] = seconds_before + time.perf_counter() - started
-    run = Run(config, vae, dataset, history, metrics, out_dir)
+    run = Run(config, vae, dataset, history, metrics, out_dir, geco)
     if out_dir is not None:
         from ppl_vae.plots import run_figures
 

@@ -181,7 +181,7 @@ def test_to_moves_every_tensor():
 def test_unknown_dataset_name_suggests_the_closest():
     with pytest.raises(ConfigError, match="Did you mean 'mnist'"):
         load_dataset("mnsit")
-    assert set(DATASETS.names()) == {"digits", "mnist", "mnist-binarized", "mnist-fixed", "frey"}
+    assert set(DATASETS.names()) == {"digits", "mnist", "mnist-binarized", "mnist-fixed", "frey", "mixture2d"}
 
 
 def test_loaded_values_must_be_finite_and_in_the_unit_interval(monkeypatch):

@@ -1,0 +1,161 @@
+"""GECO (Rezende & Viola 2018, "Taming VAEs", Algorithm 1): the ELBO as a constrained problem.
+
+Instead of guessing β, state the reconstruction you need. GECO minimizes the Lagrangian
+
+    L = KL(q(z|x) || p(z)) + λ·C(x, z)
+
+where C is a per-datapoint constraint that is satisfied when C <= 0 (the default: the squared
+reconstruction error minus its tolerance). The Lagrange multiplier λ is a state of the objective,
+not a parameter: after every step it is updated multiplicatively, λ <- λ·exp(ν·C_ma), with C_ma a
+moving average of the batch constraint. λ grows while the constraint is violated and shrinks once
+it holds, so the KL is pressed down exactly as far as the constraint allows. Minimizing L/λ is a
+β-VAE with β = 1/λ and the constraint in place of the reconstruction term.
+
+:class:`GECO` is a Pyro loss: ``SVI(model, guide, optim, loss=GECO(Trace_ELBO(), tolerance=0.1))``.
+The KL term is the wrapped ELBO's own estimate (Monte Carlo with ``Trace_ELBO``, analytic with
+``TraceMeanField_ELBO``), computed with the observed sites hidden from it; the constraint is read off
+the observed sites of the same model run, so both terms use the same z.
+
+Units: the loss is summed over the batch, as Pyro's ELBO losses are; the logged ``kl`` and
+``constraint`` are per datapoint (nats for the KL; the constraint's own units, below).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Literal, Union
+
+import torch
+from pyro import poutine
+from pyro.distributions import Distribution
+from pyro.infer import ELBO
+
+from ppl_vae.errors import ConfigError
+from ppl_vae.validation import suggest
+
+Constraint = Callable[[torch.Tensor, Distribution, float], torch.Tensor]
+
+
+def _sum_event(value: torch.Tensor, event_dim: int) -> torch.Tensor:
+    return value.sum(dim=tuple(range(-event_dim, 0))) if event_dim else value
+
+
+def reconstruction_error(x: torch.Tensor, likelihood: Distribution, tolerance: float) -> torch.Tensor:
+    """||x - g(z)||² - D·κ² per datapoint, with g(z) = E[x|z] the likelihood's mean, D the number of
+    dimensions of x and κ = ``tolerance`` the root-mean-square error per dimension that is
+    acceptable, in data units (for pixels in [0, 1], κ = 0.1 is an error of 10% of the range)."""
+    event_dim = len(likelihood.event_shape)
+    dims = math.prod(likelihood.event_shape)
+    return _sum_event((x - likelihood.mean) ** 2, event_dim) - dims * tolerance**2
+
+
+def negative_log_likelihood(x: torch.Tensor, likelihood: Distribution, tolerance: float) -> torch.Tensor:
+    """-log p(x|z) - κ per datapoint, κ = ``tolerance`` in nats per datapoint."""
+    return -likelihood.log_prob(x) - tolerance
+
+
+CONSTRAINTS: dict[str, Constraint] = {"reconstruction_error": reconstruction_error, "nll": negative_log_likelihood}
+
+
+def _is_observed(msg: dict[str, Any]) -> bool:
+    return msg["type"] == "sample" and msg.get("is_observed", False)
+
+
+class GECO:
+    """The GECO loss: KL + λ·C with a moving-average constraint and a multiplicative λ update.
+
+    Args:
+        elbo: the ELBO whose KL estimator is used (``Trace_ELBO`` or ``TraceMeanField_ELBO``).
+        constraint: ``"reconstruction_error"`` (:func:`reconstruction_error`), ``"nll"``
+            (:func:`negative_log_likelihood`) or a callable ``(x, p(x|z), tolerance) -> C``
+            giving one value per datapoint (the batch shape of p(x|z)); C <= 0 means satisfied.
+        tolerance: κ, passed to the constraint (units: see the constraint).
+        alpha: the moving-average weight α in C_ma <- α·C_ma + (1-α)·C_batch.
+        rate: ν in λ <- λ·exp(ν·C_ma), in 1/(units of C); choose it so that ν·|C| is small.
+        lambda_init, lambda_min, lambda_max: the first λ and the range λ is clamped to.
+        warmup: steps during which λ stays at ``lambda_init`` (C_ma is still averaged).
+
+    Every call with gradients enabled is one step of Algorithm 1: it updates C_ma, builds the loss
+    KL + λ·(C + stopgrad(C_ma - C)) and then moves λ for the next step. Calls under
+    ``torch.no_grad()`` (``SVI.evaluate_loss``) leave the state alone. The state (``lam``,
+    ``c_ma``, ``step``) and the per-step log ``history`` are saved by :meth:`state_dict`.
+    """
+
+    def __init__(
+        self,
+        elbo: ELBO,
+        constraint: Union[Literal["reconstruction_error", "nll"], Constraint] = "reconstruction_error",
+        *,
+        tolerance: float,
+        alpha: float = 0.99,
+        rate: float = 1e-3,
+        lambda_init: float = 1.0,
+        lambda_min: float = 1e-6,
+        lambda_max: float = 1e6,
+        warmup: int = 0,
+    ) -> None:
+        if isinstance(constraint, str):
+            if constraint not in CONSTRAINTS:
+                raise ConfigError(f"constraint: unknown constraint {constraint!r}.{suggest(constraint, list(CONSTRAINTS))} "
+                                  "Choose one of "
+                                  f"{', '.join(CONSTRAINTS)}, or pass a callable (x, p(x|z), tolerance) -> C.")
+            if constraint == "reconstruction_error" and tolerance <= 0:
+                raise ConfigError(f"tolerance: the reconstruction error tolerance κ must be > 0, got {tolerance}.")
+            constraint = CONSTRAINTS[constraint]
+        if not 0 <= alpha < 1:
+            raise ConfigError(f"alpha: the moving-average weight must be in [0, 1), got {alpha}.")
+        if rate <= 0:
+            raise ConfigError(f"rate: ν must be > 0, got {rate}.")
+        if not 0 < lambda_min <= lambda_init <= lambda_max:
+            raise ConfigError(
+                "lambda_init, lambda_min, lambda_max: need 0 < lambda_min <= lambda_init <= lambda_max, got "
+                f"{lambda_init}, {lambda_min}, {lambda_max}."
+            )
+        if warmup < 0:
+            raise ConfigError(f"warmup: must be >= 0 steps, got {warmup}.")
+        self.elbo = elbo
+        self.constraint = constraint
+        self.tolerance = tolerance
+        self.alpha, self.rate, self.warmup = alpha, rate, warmup
+        self.lambda_min, self.lambda_max = lambda_min, lambda_max
+        self.lam = lambda_init
+        self.c_ma: float | None = None
+        self.step = 0
+        self.history: dict[str, list[float]] = {name: [] for name in ("lambda", "c_ma", "constraint", "kl")}
+
+    def __call__(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The differentiable loss KL + λ·C of one batch, summed over the batch (a Pyro loss)."""
+        recorder = poutine.trace(model)
+        kl = self.elbo.differentiable_loss(poutine.block(recorder, hide_fn=_is_observed), guide, *args, **kwargs)
+        constraints = [self.constraint(site["value"], site["fn"], self.tolerance)
+                       for site in recorder.trace.nodes.values() if _is_observed(site)]
+        if not constraints:
+            raise ValueError("GECO: the model has no observed sample site to constrain.")
+        per_datapoint = sum(constraints)
+        batch_size = per_datapoint.shape[-1]
+        c_batch = per_datapoint.mean()  # over the batch (and vectorized particles)
+        c_batch_value = c_batch.item()
+        c_ma = c_batch_value if self.c_ma is None else self.alpha * self.c_ma + (1 - self.alpha) * c_batch_value
+        # straight-through: the value is C_ma, the gradient that of the current batch
+        constraint = c_batch + (c_ma - c_batch).detach()
+        loss = kl + self.lam * batch_size * constraint
+        if torch.is_grad_enabled():
+            self._advance(c_ma, c_batch_value, kl.item() / batch_size)
+        return loss
+
+    def _advance(self, c_ma: float, c_batch: float, kl: float) -> None:
+        for name, value in zip(self.history, (self.lam, c_ma, c_batch, kl)):
+            self.history[name].append(value)
+        self.c_ma = c_ma
+        self.step += 1
+        if self.step > self.warmup:
+            self.lam = min(max(self.lam * math.exp(self.rate * c_ma), self.lambda_min), self.lambda_max)
+
+    def state_dict(self) -> dict[str, Any]:
+        """λ, C_ma, the step count and the per-step history, for a checkpoint."""
+        return {"lambda": self.lam, "c_ma": self.c_ma, "step": self.step,
+                "history": {name: list(values) for name, values in self.history.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lam, self.c_ma, self.step = state["lambda"], state["c_ma"], state["step"]
+        self.history = {name: list(values) for name, values in state["history"].items()}

@@ -1,0 +1,163 @@
+"""GECO (Taming VAEs, Algorithm 1): the loss by hand, the λ update, the constraint met, resume."""
+
+import json
+import math
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from torch.distributions import Normal
+
+from ppl_vae.config import ModelConfig, from_dict, part
+from ppl_vae.errors import ConfigError
+from ppl_vae.geco import GECO
+from ppl_vae.model import build_vae
+from ppl_vae.train import fit
+
+DATA_DIM, LATENT_DIM, BATCH = 12, 3, 7
+QUICK = {"train": {"epochs": 4, "eval_every": 2, "checkpoint_every": 2, "progress": False},
+         "optim": {"lr": 0.003}}
+
+
+def geco_config(epochs, **geco):
+    return from_dict({**QUICK, "train": {**QUICK["train"], "epochs": epochs},
+                      "objective": {"elbo": "meanfield", "geco": geco}})
+
+
+@pytest.fixture
+def vae_and_data():
+    config = ModelConfig(latent_dim=LATENT_DIM, encoder=part("mlp", hidden_sizes=[16]),
+                         decoder=part("mlp", hidden_sizes=[16]))
+    vae = build_vae(config, DATA_DIM)
+    x = torch.bernoulli(torch.full((BATCH, DATA_DIM), 0.3))
+    return vae, x
+
+
+def by_hand(vae, x, z, tolerance, analytic_kl):
+    """Per-datapoint KL(q(z|x) || N(0, I)) and ||x - sigmoid(decoder(z))||² - D·κ², from the nets."""
+    loc, log_var = vae.encoder(x).split(LATENT_DIM, dim=-1)
+    scale = torch.exp(0.5 * log_var)
+    if analytic_kl:
+        kl = 0.5 * (loc**2 + scale**2 - 1 - log_var).sum(-1)
+    else:
+        kl = (Normal(loc, scale).log_prob(z) - Normal(0.0, 1.0).log_prob(z)).sum(-1)
+    constraint = ((x - torch.sigmoid(vae.decoder(z))) ** 2).sum(-1) - DATA_DIM * tolerance**2
+    return kl, constraint
+
+
+@pytest.mark.parametrize("elbo_class, analytic", [(Trace_ELBO, False), (TraceMeanField_ELBO, True)])
+def test_loss_is_kl_plus_lambda_times_constraint_by_hand(vae_and_data, elbo_class, analytic):
+    vae, x = vae_and_data
+    geco = GECO(elbo_class(max_plate_nesting=1), tolerance=0.2, lambda_init=3.7, alpha=0.9, rate=0.05)
+    model = poutine.trace(vae.model)  # to read back the z the guide drew
+    pyro.set_rng_seed(3)
+    loss = geco(model, vae.guide, x)
+    z = model.trace.nodes["z"]["value"]
+    kl, constraint = by_hand(vae, x, z, 0.2, analytic)
+    torch.testing.assert_close(loss, kl.sum() + 3.7 * constraint.sum())
+    assert geco.c_ma == pytest.approx(constraint.mean().item(), rel=1e-5)  # the first batch initialises C_ma
+    assert geco.lam == pytest.approx(3.7 * math.exp(0.05 * geco.c_ma))
+
+    # second step: the value uses the moving average, the gradient the current batch (straight-through)
+    lam, c_ma = geco.lam, geco.c_ma
+    loss = geco(model, vae.guide, x)
+    z = model.trace.nodes["z"]["value"]
+    kl, constraint = by_hand(vae, x, z, 0.2, analytic)
+    expected_c_ma = 0.9 * c_ma + 0.1 * constraint.mean().item()
+    torch.testing.assert_close(loss, kl.sum() + lam * BATCH * torch.tensor(expected_c_ma), rtol=1e-5, atol=1e-4)
+    weight = vae.decoder[0].weight
+    (gradient,) = torch.autograd.grad(loss, weight)
+    (expected,) = torch.autograd.grad(kl.sum() + lam * constraint.sum(), weight)
+    torch.testing.assert_close(gradient, expected)
+
+
+def test_nll_constraint_is_minus_log_likelihood_minus_tolerance(vae_and_data):
+    vae, x = vae_and_data
+    geco = GECO(TraceMeanField_ELBO(max_plate_nesting=1), "nll", tolerance=5.0)
+    model = poutine.trace(vae.model)
+    geco(model, vae.guide, x)
+    z = model.trace.nodes["z"]["value"]
+    logits = vae.decoder(z)
+    log_likelihood = -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
+    assert geco.c_ma == pytest.approx((-log_likelihood - 5.0).mean().item(), rel=1e-5)
+
+
+def test_satisfied_constraint_lowers_lambda_by_the_update_rule(vae_and_data):
+    vae, x = vae_and_data
+    # pixels and means both lie in [0, 1]: a tolerance of 1 per pixel is met by any decoder
+    geco = GECO(TraceMeanField_ELBO(max_plate_nesting=1), tolerance=1.0, rate=0.01, lambda_init=2.0, warmup=3)
+    optimizer = pyro.optim.Adam({"lr": 1e-3})
+    svi = pyro.infer.SVI(vae.model, vae.guide, optimizer, geco)
+    for _ in range(20):
+        svi.step(x)
+    lambdas, c_ma = geco.history["lambda"], geco.history["c_ma"]
+    assert all(value < 0 for value in c_ma)
+    assert lambdas[:4] == [2.0] * 4  # warm-up: λ holds for 3 steps
+    assert all(later < earlier for earlier, later in zip(lambdas[3:], lambdas[4:]))
+    expected = 2.0 * math.exp(0.01 * sum(c_ma[3:]))  # λ <- λ·exp(ν·C_ma) after each step past the warm-up
+    assert geco.lam == pytest.approx(expected)
+    before = geco.state_dict()
+    svi.evaluate_loss(x)  # evaluating under no_grad leaves the state alone
+    assert geco.state_dict() == before
+
+
+def test_lambda_is_clamped(vae_and_data):
+    vae, x = vae_and_data
+    geco = GECO(TraceMeanField_ELBO(max_plate_nesting=1), tolerance=1.0, rate=100.0, lambda_min=0.5)
+    for _ in range(3):
+        geco(vae.model, vae.guide, x)
+    assert geco.lam == 0.5
+
+
+def test_constraint_is_met_and_lambda_settles():
+    tolerance = 0.25
+    run = fit(geco_config(40, tolerance=tolerance, rate=0.01, alpha=0.9))
+    history = run.geco.history
+    assert max(history["lambda"]) > 3  # the constraint was violated at first: λ rose
+    assert run.geco.c_ma < 0.1  # met at the end, within the noise of the average (D·κ² = 4)
+    late = history["lambda"][-100:]
+    assert max(late) / min(late) < 1.1  # λ has settled
+    # independent check on the whole training set: the squared error per image is at the tolerance
+    x = run.dataset.train
+    with torch.no_grad():
+        z = run.vae.encode(x).sample()
+        error = ((x - run.vae.decoded_mean(z)) ** 2).sum(-1).mean().item()
+    assert error == pytest.approx(x.shape[1] * tolerance**2, rel=0.1)
+
+
+def test_geco_state_survives_a_checkpoint_round_trip(tmp_path):
+    geco = {"tolerance": 0.25, "rate": 0.01, "alpha": 0.9}
+    straight = fit(geco_config(4, **geco))
+    fit(geco_config(2, **geco), tmp_path / "run")
+    resumed = fit(geco_config(4, **geco), tmp_path / "run", resume=True)
+    assert resumed.geco.state_dict() == straight.geco.state_dict()
+    assert len(resumed.geco.history["lambda"]) == resumed.metrics["steps"]
+    saved = json.loads((tmp_path / "run" / "geco.json").read_text())
+    assert saved == straight.geco.history
+    assert [r["geco_lambda"] for r in resumed.history] == [r["geco_lambda"] for r in straight.history]
+    assert (tmp_path / "run" / "training_curves.png").is_file()
+
+
+@pytest.mark.parametrize("objective, key", [
+    ({"geco": {}}, "objective.geco.tolerance"),
+    ({"geco": {"tolerance": 0.1, "alpha": 1.0}}, "objective.geco.alpha"),
+    ({"geco": {"tolerance": 0.1, "constraint": "mse"}}, "objective.geco.constraint"),
+    ({"geco": {"tolerance": 0.1, "lambda_min": 2.0}}, "objective.geco.lambda_init"),
+    ({"geco": {"tolerance": 0.1, "warm_up": 5}}, "objective.geco.warm_up"),
+    ({"geco": {"tolerance": 0.1}, "beta": {"name": "linear"}}, "objective.beta"),
+])
+def test_config_errors_name_the_key(objective, key):
+    with pytest.raises(ConfigError, match=key):
+        from_dict({"objective": objective})
+
+
+def test_marginal_kl_of_identical_posteriors_is_their_kl(vae_and_data):
+    from ppl_vae.experiments.geco import _marginal_kl
+
+    vae, x = vae_and_data
+    copies = x[:1].expand(4000, DATA_DIM)  # the aggregate posterior of one repeated x is q(z|x) itself
+    posterior = vae.encode(x[:1])
+    exact = torch.distributions.kl_divergence(posterior, vae.prior()).item()
+    assert _marginal_kl(vae, copies) == pytest.approx(exact, abs=0.1)
