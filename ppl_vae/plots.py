@@ -80,7 +80,7 @@ def plot_training_curves(history: list[dict[str, Any]], path: Path) -> Path:
         axes[4].set(xlabel="epoch", ylabel="GECO C_ma (constraint; <= 0 is met)")
     else:
         axes[3].plot(epochs, [record["beta"] for record in history])
-        axes[3].set(xlabel="epoch", ylabel="β (KL weight)")
+        axes[3].set(xlabel="epoch", ylabel="β (KL weight)", ylim=(0, 1.05 * max(1.0, *(r["beta"] for r in history))))
     fig.tight_layout()
     return _save(fig, path)
 
