@@ -20,3 +20,7 @@ class CheckpointError(PplVaeError):
 
 class TrainingError(PplVaeError):
     """Training cannot go on (for example, the loss became NaN)."""
+
+
+class EvaluationError(PplVaeError):
+    """An evaluation cannot be computed for this model (for example, a latent outside the data plate)."""

@@ -103,6 +103,24 @@ def plot_manifold(vae: VAE, image_shape: tuple[int, int], path: Path, steps: int
     return _save(fig, path)
 
 
+def plot_kl_per_dim(kl_per_dim: list[float], active: list[bool], path: Path) -> Path:
+    """KL(q(z_u|x) || p(z_u)) per latent dimension u as bars, active units (Burda et al.) coloured,
+    sorted from the largest KL down."""
+    order = np.argsort(kl_per_dim)[::-1]
+    values = np.asarray(kl_per_dim)[order]
+    is_active = np.asarray(active)[order]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.18 * len(values) + 2), 3.5))
+    positions = np.arange(len(values))
+    ax.bar(positions[is_active], values[is_active], color="tab:blue", label=f"active ({is_active.sum()})")
+    ax.bar(positions[~is_active], values[~is_active], color="tab:gray", label=f"inactive ({(~is_active).sum()})")
+    step = max(1, len(values) // 25)
+    ax.set_xticks(positions[::step], [str(u) for u in order[::step]])
+    ax.set(xlabel="latent dimension (sorted by KL)", ylabel="KL(q(z_u|x) || p(z_u)) (nats)",
+           title="KL per latent dimension, test set average")
+    ax.legend()
+    return _save(fig, path)
+
+
 def run_figures(run: Run) -> list[Path]:
     """Write the figures of a finished run into its directory."""
     out, data, vae = run.out_dir, run.dataset, run.vae
