@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from torch.distributions import Normal  # noqa: E402
 
 from ppl_vae.model import VAE  # noqa: E402
@@ -111,13 +112,13 @@ def plot_kl_per_dim(kl_per_dim: list[float], active: list[bool], path: Path) -> 
     is_active = np.asarray(active)[order]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.18 * len(values) + 2), 3.5))
     positions = np.arange(len(values))
-    ax.bar(positions[is_active], values[is_active], color="tab:blue", label=f"active ({is_active.sum()})")
-    ax.bar(positions[~is_active], values[~is_active], color="tab:gray", label=f"inactive ({(~is_active).sum()})")
+    ax.bar(positions, values, color=np.where(is_active, "tab:blue", "tab:gray"))
+    ax.legend(handles=[Patch(color="tab:blue", label=f"active ({is_active.sum()})"),
+                       Patch(color="tab:gray", label=f"inactive ({(~is_active).sum()})")])
     step = max(1, len(values) // 25)
     ax.set_xticks(positions[::step], [str(u) for u in order[::step]])
     ax.set(xlabel="latent dimension (sorted by KL)", ylabel="KL(q(z_u|x) || p(z_u)) (nats)",
-           title="KL per latent dimension, test set average")
-    ax.legend()
+           title="KL per latent dimension, averaged over the data")
     return _save(fig, path)
 
 
