@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="importance samples per datapoint (default: 5000, as Burda et al.)")
     evaluate.add_argument("--split", default="test", help="data split to evaluate (default: test)")
     evaluate.add_argument("--batch-size", type=int, default=100, help="datapoints per chunk (default: 100)")
-    evaluate.add_argument("--particle-batch-size", type=int, default=500,
-                          help="importance samples drawn at once per chunk (default: 500); lower it to use less memory")
+    evaluate.add_argument("--particle-batch-size", type=int, default=100,
+                          help="importance samples drawn at once per chunk (default: 100); lower it to use less memory")
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto")
     evaluate.add_argument("--data-dir", help="folder holding the dataset files (default: the run's, else $PPL_VAE_DATA)")
     evaluate.set_defaults(handler=_eval)

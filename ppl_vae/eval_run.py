@@ -40,7 +40,7 @@ def evaluate_run(
     split: str = "test",
     *,
     batch_size: int = 100,
-    particle_batch_size: int = 500,
+    particle_batch_size: int = 100,
     data_dir: str | None = None,
     device: str = "auto",
     seed: int = 0,

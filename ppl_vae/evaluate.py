@@ -193,7 +193,7 @@ def importance_sample(
     num_samples: int = 5000,
     *,
     batch_size: int = 100,
-    particle_batch_size: int = 500,
+    particle_batch_size: int = 100,
     psis: bool = True,
     progress: bool = False,
 ) -> ImportanceEstimate:
@@ -243,7 +243,7 @@ def importance_sample(
 
 
 def log_likelihood(
-    vae: VAE, x: torch.Tensor, num_samples: int = 5000, *, batch_size: int = 100, particle_batch_size: int = 500,
+    vae: VAE, x: torch.Tensor, num_samples: int = 5000, *, batch_size: int = 100, particle_batch_size: int = 100,
     progress: bool = False,
 ) -> torch.Tensor:
     """Importance-sampled log p(x) in nats, one value per row of ``x`` (see :func:`importance_sample`)."""
@@ -293,7 +293,7 @@ def unit_activity(vae: VAE, x: torch.Tensor, batch_size: int = 1000) -> torch.Te
 
 
 @torch.no_grad()
-def marginal_kl(vae: VAE, x: torch.Tensor, num_samples: int = 1, batch_size: int = 100) -> float:
+def marginal_kl(vae: VAE, x: torch.Tensor, num_samples: int = 1, batch_size: int = 10) -> float:
     """KL(q(z) || p(z)) of the aggregate posterior q(z) = (1/N) Σ_n q(z|x_n) over the rows of ``x``.
 
     Monte Carlo, as in Taming VAEs (Rezende & Viola 2018, §4.1.1): ``num_samples`` draws
