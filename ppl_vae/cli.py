@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--particle-batch-size", type=int, default=100,
                           help="importance samples drawn at once per chunk (default: 100); lower it to use less memory")
     evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto")
-    evaluate.add_argument("--data-dir", help="folder holding the dataset files (default: the run's, else $PPL_VAE_DATA)")
+    evaluate.add_argument("--data-dir",
+                          help="folder holding the dataset files (default: the run's, else $PPL_VAE_DATA)")
     evaluate.set_defaults(handler=_eval)
     configs = commands.add_parser("configs", help="list the shipped configs")
     configs.set_defaults(handler=_configs)

@@ -228,9 +228,9 @@ def importance_sample(
     if khat is not None and bool((khat > PSIS_KHAT_THRESHOLD).any()):
         unreliable = int((khat > PSIS_KHAT_THRESHOLD).sum())
         warnings.warn(
-            f"PSIS k̂ > {PSIS_KHAT_THRESHOLD} for {unreliable} of {len(khat)} datapoints (max {khat.max().item():.2f}):"
-            " the guide is a poor proposal there and their log p(x) estimates may be far too low; use more"
-            " samples or a better guide (k̂ = inf: too few samples to fit the tail).",
+            f"PSIS k̂ > {PSIS_KHAT_THRESHOLD} for {unreliable} of {len(khat)} datapoints "
+            f"(max {khat.max().item():.2f}): the guide is a poor proposal there and their log p(x) estimates may be"
+            " far too low; use more samples or a better guide (k̂ = inf: too few samples to fit the tail).",
             stacklevel=3,  # the caller of importance_sample, past torch.no_grad's wrapper
         )
     return ImportanceEstimate(
