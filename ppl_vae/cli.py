@@ -1,4 +1,4 @@
-"""The ``ppl-vae`` command line: ``train`` and ``configs``."""
+"""The ``ppl-vae`` command line: ``train``, ``eval`` and ``configs``."""
 
 from __future__ import annotations
 
@@ -33,6 +33,31 @@ def _train(args: argparse.Namespace) -> None:
     print(f"  {metrics['epochs']} epochs, {metrics['steps']} steps, {metrics['seconds']:.1f} s on {metrics['device']}")
 
 
+def _eval(args: argparse.Namespace) -> None:
+    from ppl_vae.eval_run import EVAL_FILE, evaluate_run
+
+    results = evaluate_run(args.run_dir, args.num_samples, args.split, batch_size=args.batch_size,
+                           particle_batch_size=args.particle_batch_size, data_dir=args.data_dir, device=args.device)
+    khat = results["psis_khat_max"]
+    rows = [
+        ("log p(x)", f"{results['log_likelihood']:.2f} ± {results['log_likelihood_std_error']:.2f}",
+         f"nats/datapoint, K={results['num_samples']} importance samples (± std. error over datapoints)"),
+        ("ELBO", f"{results['elbo']:.2f}", "nats/datapoint"),
+        ("-log p(x)", f"{results['bits_per_dim']:.4f}", "bits/dimension"),
+        ("ESS", f"{results['ess_mean']:.1f} (min {results['ess_min']:.1f})", f"samples of {results['num_samples']}"),
+        ("PSIS k̂ max", "n/a" if khat is None else f"{khat:.2f}",
+         f"{results['psis_khat_above_0.7']} datapoints above 0.7"),
+        ("KL(q(z|x)||p(z))", f"{results['kl']:.2f}", "nats/datapoint"),
+        ("KL(q(z)||p(z))", f"{results['marginal_kl']:.2f}", "nats, aggregate posterior"),
+        ("I(x; z)", f"{results['mutual_information']:.2f}", "nats"),
+        ("active units", f"{results['active_units']} of {len(results['kl_per_dim'])}", "Cov_x(E_q[z_u]) > 0.01"),
+        ("time", f"{results['seconds']:.1f}", "s"),
+    ]
+    print(f"{args.split} split, {results['num_datapoints']} datapoints; written to {Path(args.run_dir) / EVAL_FILE}")
+    for name, value, unit in rows:
+        print(f"  {name:18s} {value:>20s}  {unit}")
+
+
 def _configs(args: argparse.Namespace) -> None:
     for name, path in sorted(shipped_configs().items()):
         first_line = path.read_text().splitlines()[0].lstrip("# ") if path.read_text() else ""
@@ -51,6 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
     train.add_argument("--data-dir", help="folder holding the dataset files (default: $PPL_VAE_DATA or ~/.cache/ppl_vae)")
     train.set_defaults(handler=_train)
+    evaluate = commands.add_parser("eval", help="importance-sampled log p(x) and latent diagnostics of a run")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'ppl-vae train'")
+    evaluate.add_argument("--num-samples", type=int, default=5000, metavar="K",
+                          help="importance samples per datapoint (default: 5000, as Burda et al.)")
+    evaluate.add_argument("--split", default="test", help="data split to evaluate (default: test)")
+    evaluate.add_argument("--batch-size", type=int, default=100, help="datapoints per chunk (default: 100)")
+    evaluate.add_argument("--particle-batch-size", type=int, default=100,
+                          help="importance samples drawn at once per chunk (default: 100); lower it to use less memory")
+    evaluate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto")
+    evaluate.add_argument("--data-dir",
+                          help="folder holding the dataset files (default: the run's, else $PPL_VAE_DATA)")
+    evaluate.set_defaults(handler=_eval)
     configs = commands.add_parser("configs", help="list the shipped configs")
     configs.set_defaults(handler=_configs)
     return parser

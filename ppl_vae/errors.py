@@ -29,3 +29,7 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, message: str, checkpoint: str | None) -> None:
         super().__init__(message)
         self.checkpoint = checkpoint
+
+
+class EvaluationError(PplVaeError):
+    """An evaluation cannot be computed for this model (for example, a latent outside the data plate)."""

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from torch.distributions import Normal  # noqa: E402
 
 from ppl_vae.model import VAE  # noqa: E402
@@ -108,6 +109,24 @@ def plot_manifold(vae: VAE, image_shape: tuple[int, int], path: Path, steps: int
     z = torch.stack([z0.reshape(-1), z1.reshape(-1)], dim=1).to(device)
     fig, ax = plt.subplots(figsize=(7, 7 * image_shape[0] / image_shape[1]))
     _show_grid(ax, image_grid(vae.decoded_mean(z), image_shape, steps), "learned manifold E[x|z]")
+    return _save(fig, path)
+
+
+def plot_kl_per_dim(kl_per_dim: list[float], active: list[bool], path: Path) -> Path:
+    """KL(q(z_u|x) || p(z_u)) per latent dimension u as bars, active units (Burda et al.) coloured,
+    sorted from the largest KL down."""
+    order = np.argsort(kl_per_dim)[::-1]
+    values = np.asarray(kl_per_dim)[order]
+    is_active = np.asarray(active)[order]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.18 * len(values) + 2), 3.5))
+    positions = np.arange(len(values))
+    ax.bar(positions, values, color=np.where(is_active, "tab:blue", "tab:gray"))
+    ax.legend(handles=[Patch(color="tab:blue", label=f"active ({is_active.sum()})"),
+                       Patch(color="tab:gray", label=f"inactive ({(~is_active).sum()})")])
+    step = max(1, len(values) // 25)
+    ax.set_xticks(positions[::step], [str(u) for u in order[::step]])
+    ax.set(xlabel="latent dimension (sorted by KL)", ylabel="KL(q(z_u|x) || p(z_u)) (nats)",
+           title="KL per latent dimension, averaged over the data")
     return _save(fig, path)
 
 

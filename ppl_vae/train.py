@@ -37,7 +37,7 @@ from ppl_vae.checkpoint import load_checkpoint, save_checkpoint
 from ppl_vae.config import Config, OptimConfig, apply_overrides, from_dict, save_config, to_dict
 from ppl_vae.data import Dataset, batches, load_dataset, sample_binary
 from ppl_vae.errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
-from ppl_vae.evaluate import elbo_terms, evaluate_elbo
+from ppl_vae.evaluate import elbo_terms, evaluate_elbo, latent_health
 from ppl_vae.geco import GECO
 from ppl_vae.model import VAE, build_vae
 from ppl_vae.objectives import build_objective, build_schedule
@@ -295,6 +295,8 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False)
         "train_seconds": history[-1]["seconds"] if history else 0.0,
         "units": "nats per datapoint; elbo = reconstruction - kl, log-probability sign (higher is better)",
     }
+    health = latent_health(vae, test_x, aggregate=False)  # the cheap diagnostics; 'ppl-vae eval' for the rest
+    metrics.update({"test_kl_per_dim": health["kl_per_dim"], "test_active_units": health["active_units"]})
     metrics["seconds"] = seconds_before + time.perf_counter() - started
     run = Run(config, vae, dataset, history, metrics, out_dir, geco)
     if out_dir is not None:

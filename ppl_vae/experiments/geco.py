@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from ppl_vae.config import Config, from_dict  # noqa: E402
+from ppl_vae.evaluate import marginal_kl  # noqa: E402
 from ppl_vae.model import VAE  # noqa: E402
 from ppl_vae.train import Run, fit  # noqa: E402
 
@@ -54,18 +55,6 @@ def squared_error(vae: VAE, x: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def _marginal_kl(vae: VAE, x: torch.Tensor) -> float:
-    """Monte Carlo KL(q(z) || p(z)) in nats, q(z) = (1/N) Σ_n q(z|x_n) the aggregate posterior of ``x``.
-
-    One z_m ~ q(z|x_m) per datapoint; log q(z_m) = logsumexp_n log q(z_m|x_n) - log N (the z_m's own
-    x_m included, so the estimate is biased upwards by at most log N for tiny N).
-    """
-    posterior = vae.encode(x)
-    z = posterior.sample()
-    log_aggregate = torch.logsumexp(posterior.log_prob(z.unsqueeze(1)), dim=1) - math.log(x.shape[0])
-    return (log_aggregate - vae.prior().log_prob(z)).mean().item()
-
-
 def _test_sample(run: Run) -> torch.Tensor:
     return run.dataset.test[:EVAL_SIZE]
 
@@ -111,7 +100,7 @@ def information_plane(out: Path, scale: float) -> Path:
 def _summary(method: str, setting: str, run: Run) -> dict[str, Any]:
     x = _test_sample(run)
     return {"method": method, "setting": setting, "mse": squared_error(run.vae, x),
-            "average_kl": run.metrics["test_kl"], "marginal_kl": _marginal_kl(run.vae, x)}
+            "average_kl": run.metrics["test_kl"], "marginal_kl": marginal_kl(run.vae, x)}
 
 
 def compare(out: Path, scale: float, dataset: str = "frey", betas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
