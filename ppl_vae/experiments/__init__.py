@@ -1,0 +1,1 @@
+"""Reproductions and experiments: one module per figure or table, each runnable with ``python -m``."""
