@@ -22,7 +22,7 @@ from ppl_vae.likelihoods import LIKELIHOODS
 from ppl_vae.model import VAE, build_vae
 from ppl_vae.nets import NETS
 from ppl_vae.priors import PRIORS
-from ppl_vae.train import check_support
+from ppl_vae.train import check_support, fit
 
 LATENT_DIM = 3
 # small options for parts whose defaults are sized for MNIST
@@ -135,6 +135,13 @@ def test_support_check_rejects_data_outside_the_likelihood_support(name, digits)
     bad[3, 5] = OUTSIDE[name]
     with pytest.raises(DataError, match=f"model.likelihood: .*needs data in {re.escape(str(vae.likelihood.support))}"):
         check_support(vae, Dataset("bad", train=bad, test=digits.test, image_shape=digits.image_shape))
+
+
+@pytest.mark.parametrize("likelihood", ["beta", "discretized_logistic"])
+def test_fit_refuses_data_outside_the_support_before_training(likelihood):
+    # the 8x8 digits are multiples of 1/16 with exact 0s: outside (0, 1) and off the 8-bit grid
+    with pytest.raises(DataError, match="model.likelihood: .* 'digits' has values outside it"):
+        fit(from_dict({"model": {"likelihood": likelihood}, "train": {"progress": False}}))
 
 
 def test_eight_bit_support_and_discretized_logistic_mass():
