@@ -11,10 +11,9 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import torch.nn.functional as F
-
 import pyro.distributions as dist
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.distributions import constraints
 
