@@ -50,7 +50,7 @@ def _eval(args: argparse.Namespace) -> None:
         ("KL(q(z|x)||p(z))", f"{results['kl']:.2f}", "nats/datapoint"),
         ("KL(q(z)||p(z))", f"{results['marginal_kl']:.2f}", "nats, aggregate posterior"),
         ("I(x; z)", f"{results['mutual_information']:.2f}", "nats"),
-        ("active units", f"{results['active_units']} of {len(results['kl_per_dim'])}", "Cov_x(E_q[z_u]) > 0.01"),
+        ("active units", f"{results['active_units']} of {len(results['unit_activity'])}", "Cov_x(E_q[z_u]) > 0.01"),
         ("time", f"{results['seconds']:.1f}", "s"),
     ]
     print(f"{args.split} split, {results['num_datapoints']} datapoints; written to {Path(args.run_dir) / EVAL_FILE}")

@@ -82,8 +82,9 @@ def evaluate_run(
         "units": "nats per datapoint (log-probabilities, higher is better); bits_per_dim = -log p(x) / "
                  "(data_dim ln 2); ess in samples; seconds of wall time",
     }
-    plot_kl_per_dim(health["kl_per_dim"], [a > ACTIVE_UNIT_THRESHOLD for a in health["unit_activity"]],
-                    run_dir / "kl_per_dim.png")
+    if health["kl_per_dim"] is not None:  # only a factorized prior and posterior split the KL by dimension
+        plot_kl_per_dim(health["kl_per_dim"], [a > ACTIVE_UNIT_THRESHOLD for a in health["unit_activity"]],
+                        run_dir / "kl_per_dim.png")
     results["seconds"] = time.perf_counter() - started
     (run_dir / EVAL_FILE).write_text(json.dumps(results, indent=1))
     return results

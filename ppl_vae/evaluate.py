@@ -315,12 +315,18 @@ def marginal_kl(vae: VAE, x: torch.Tensor, num_samples: int = 1, batch_size: int
 def latent_health(vae: VAE, x: torch.Tensor, aggregate: bool = True) -> dict[str, Any]:
     """KL per latent dimension (nats), active units (Burda et al.) and, with ``aggregate``, the
     marginal KL(q(z) || p(z)) and the mutual information I(x; z) = E_x KL(q(z|x) || p(z)) - KL(q(z) || p(z))
-    (nats; 0 <= I <= log N for N datapoints, up to Monte Carlo noise)."""
-    kl = kl_per_dimension(vae, x)
+    (nats; 0 <= I <= log N for N datapoints, up to Monte Carlo noise). ``kl_per_dim`` is ``None``
+    for a prior or posterior that does not factorize over dimensions (mixture, VampPrior, flows,
+    full covariance): only the total KL is defined then."""
+    try:
+        kl_per_dim = kl_per_dimension(vae, x)
+        kl = kl_per_dim.sum().item()
+    except EvaluationError:
+        kl_per_dim, kl = None, evaluate_elbo(vae, x, num_particles=10)["kl"]  # Monte Carlo where no closed form
     activity = unit_activity(vae, x)
     health: dict[str, Any] = {
-        "kl_per_dim": kl.tolist(),
-        "kl": kl.sum().item(),
+        "kl_per_dim": None if kl_per_dim is None else kl_per_dim.tolist(),
+        "kl": kl,
         "unit_activity": activity.tolist(),
         "active_units": int((activity > ACTIVE_UNIT_THRESHOLD).sum()),
     }

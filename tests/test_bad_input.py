@@ -98,14 +98,14 @@ def test_wrong_types_anywhere_raise_a_config_error(values, key, hint):
     assert str(error.value).startswith(key + ":") and hint in str(error.value)
 
 
-@LIKELIHOODS.register("test-positive")
 class PositiveOnly(Bernoulli):
     """A likelihood whose support (x > 0) does not hold the digits' zero pixels."""
 
     support = constraints.positive
 
 
-def test_likelihood_support_is_checked_before_training(tmp_path):
+def test_likelihood_support_is_checked_before_training(monkeypatch, tmp_path):
+    monkeypatch.setattr(LIKELIHOODS, "_factories", {**LIKELIHOODS._factories, "test-positive": PositiveOnly})
     config = from_dict({"model": {"likelihood": "test-positive"}, "train": {"progress": False}})
     with pytest.raises(ConfigError, match=r"^model\.likelihood: PositiveOnly needs data in .*digits"):
         fit(config, tmp_path / "run")

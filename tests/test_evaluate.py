@@ -273,3 +273,19 @@ def test_a_global_latent_is_refused():
     vae = GlobalOffsetVAE(vae.encoder, vae.decoder, vae.prior, vae.posterior, vae.likelihood)
     with pytest.raises(EvaluationError, match="'offset' is outside the 'data' plate"):
         log_likelihood(vae, PPCA().sample_data(4), 10)
+
+
+@pytest.mark.parametrize("parts", [{"posterior": "full_normal"}, {"prior": "mixture"}])
+def test_latent_health_of_non_factorized_parts_keeps_the_total_kl(parts):
+    """A joint posterior or prior has no per-dimension KL: training and evaluation still report the total."""
+    from ppl_vae.config import ModelConfig, part
+    from ppl_vae.evaluate import evaluate_elbo, latent_health
+    from ppl_vae.model import build_vae
+
+    config = ModelConfig(latent_dim=3, **{role: part(name) for role, name in parts.items()})
+    vae = build_vae(config, 12)
+    x = torch.bernoulli(torch.full((200, 12), 0.3))
+    health = latent_health(vae, x)
+    assert health["kl_per_dim"] is None and len(health["unit_activity"]) == 3
+    assert health["kl"] == pytest.approx(evaluate_elbo(vae, x, num_particles=200)["kl"], abs=0.1)
+    assert health["mutual_information"] == pytest.approx(health["kl"] - health["marginal_kl"])

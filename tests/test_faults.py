@@ -31,7 +31,6 @@ QUICK = {"device": "cpu", "train": {"epochs": 3, "eval_every": 1, "checkpoint_ev
          "optim": {"lr": 0.003}}  # exact resume is promised on CPU
 
 
-@NETS.register("test-faulty")
 def faulty_mlp(
     in_features: int, out_features: int, *, at_call: int, fault: Literal["nan_output", "inf_gradient"]
 ) -> torch.nn.Sequential:
@@ -51,6 +50,12 @@ def faulty_mlp(
     return net
 
 
+@pytest.fixture
+def faulty_net(monkeypatch):
+    """Registers ``faulty_mlp`` as the network "test-faulty" for one test only."""
+    monkeypatch.setattr(NETS, "_factories", {**NETS._factories, "test-faulty": faulty_mlp})
+
+
 def same_parameters(state: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> bool:
     return state.keys() == other.keys() and all(torch.equal(state[name], other[name]) for name in state)
 
@@ -68,7 +73,9 @@ def without_timings(history: list[dict]) -> list[dict]:
     ("inf_gradient", r"a gradient became NaN or Inf at step 20 \(epoch 2, batch 5\): the loss was finite "
                      r"\(-?[0-9.]+\) but the update made .*decoder\.0\.weight.* non-finite\. Likely cause: exploding"),
 ])
-def test_non_finite_loss_or_gradient_stops_at_its_step_and_keeps_the_checkpoint(fault, message, tmp_path, capsys):
+def test_non_finite_loss_or_gradient_stops_at_its_step_and_keeps_the_checkpoint(
+    fault, message, faulty_net, tmp_path, capsys
+):
     faulty = {**QUICK, "model": {"decoder": {"name": "test-faulty", "at_call": 20, "fault": fault}}}
     with pytest.raises(TrainingError, match=message):
         fit(from_dict(faulty), tmp_path / "run")  # 15 steps per epoch: step 20 is in epoch 2

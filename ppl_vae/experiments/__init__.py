@@ -1,1 +1,1 @@
-"""Reproductions of published figures, one module per paper; each runs as ``python -m ...``."""
+"""Reproductions and experiments: one module per figure or table, each runnable with ``python -m``."""
