@@ -3,22 +3,20 @@ dynamically binarized MNIST, 784-200-200-50 tanh MLPs, Adam) with the standard, 
 VampPrior priors, and with the diagonal and the IAF posterior, every row trained for the same
 number of epochs. Nats per datapoint, log-probabilities (higher is better)::
 
-    python -m ppl_vae.experiments.parts_table --epochs 15 --out results
+    python -m ppl_vae.experiments.parts_table --epochs 15 --out figures
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from ppl_vae.config import load_config
-from ppl_vae.evaluate import evaluate_elbo
-from ppl_vae.model import VAE
+from ppl_vae.evaluate import evaluate_elbo, log_likelihood
 from ppl_vae.train import evaluation_split, fit
 
 ROWS = {
@@ -30,21 +28,6 @@ ROWS = {
 }
 
 
-@torch.no_grad()
-def importance_log_likelihood(vae: VAE, x: torch.Tensor, num_samples: int = 100, batch_size: int = 20) -> float:
-    """log p(x) ≈ log (1/K) sum_k p(x | z_k) p(z_k) / q(z_k | x), z_k ~ q(z | x), averaged over the
-    rows of ``x`` (nats per datapoint), with K = ``num_samples``; the data plate is kept, so each
-    datapoint gets its own estimate. A small stand-in for the library's evaluation of log p(x)."""
-    total = 0.0
-    for start in range(0, x.shape[0], batch_size):
-        batch = x[start : start + batch_size]
-        posterior = vae.encode(batch)
-        z = posterior.sample((num_samples,))  # (K, batch, latent_dim); a flow caches its inverse
-        log_weights = vae.decode(z).log_prob(batch) + vae.prior().log_prob(z) - posterior.log_prob(z)
-        total += (torch.logsumexp(log_weights, dim=0) - math.log(num_samples)).sum().item()
-    return total / x.shape[0]
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
@@ -52,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-size", type=int, default=2000, help="test images for log p(x) (ELBO: all)")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every row")
-    parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--out", type=Path, default=Path("figures"))
     args = parser.parse_args(argv)
     common = [f"train.epochs={args.epochs}", f"train.eval_every={args.epochs}", "train.progress=false", *args.set]
     results = {}
@@ -62,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(0)
         results[name] = {
             "test_elbo": evaluate_elbo(run.vae, test, batch_size=200)["elbo"],
-            "test_log_px": importance_log_likelihood(run.vae, test[: args.test_size], args.samples),
+            "test_log_px": log_likelihood(run.vae, test[: args.test_size], args.samples).mean().item(),
             "train_seconds": run.metrics["train_seconds"],
         }
         tqdm.write(f"{name}: {results[name]}")
