@@ -16,8 +16,8 @@ import pyro
 import torch
 
 from ppl_vae.checkpoint import load_checkpoint
-from ppl_vae.config import load_config
-from ppl_vae.data import load_dataset
+from ppl_vae.config import Config, load_config
+from ppl_vae.data import Dataset, load_dataset
 from ppl_vae.evaluate import ACTIVE_UNIT_THRESHOLD, PSIS_KHAT_THRESHOLD, importance_sample, latent_health
 from ppl_vae.model import VAE, build_vae
 from ppl_vae.plots import plot_kl_per_dim
@@ -26,11 +26,11 @@ from ppl_vae.train import CHECKPOINT, evaluation_split, resolve_device
 EVAL_FILE = "eval.json"
 
 
-def load_trained_vae(run_dir: str | Path, data_dim: int, device: str | torch.device = "cpu") -> VAE:
-    """The VAE of a run directory: rebuilt from its config.yaml, weights from its checkpoint.pt."""
-    run_dir = Path(run_dir)
-    vae = build_vae(load_config(run_dir / "config.yaml").model, data_dim).to(device)
-    vae.load_state_dict(load_checkpoint(run_dir / CHECKPOINT, map_location=device)["vae"])
+def load_trained_vae(run_dir: str | Path, config: Config, dataset: Dataset, device: str | torch.device = "cpu") -> VAE:
+    """The VAE of a run directory: rebuilt from its config for ``dataset``'s data and image sizes,
+    weights from its checkpoint.pt."""
+    vae = build_vae(config.model, dataset.data_dim, dataset.image_shape).to(device)
+    vae.load_state_dict(load_checkpoint(Path(run_dir) / CHECKPOINT, map_location=device)["vae"])
     return vae.eval()
 
 
@@ -55,7 +55,7 @@ def evaluate_run(
     torch_device = resolve_device(device)
     config = load_config(run_dir / "config.yaml")
     dataset = load_dataset(config.data.name, data_dir or config.data.data_dir, device=torch_device)
-    vae = load_trained_vae(run_dir, dataset.data_dim, torch_device)
+    vae = load_trained_vae(run_dir, config, dataset, torch_device)
     x = evaluation_split(dataset, split)
     pyro.set_rng_seed(seed)
     estimate = importance_sample(

@@ -289,3 +289,17 @@ def test_latent_health_of_non_factorized_parts_keeps_the_total_kl(parts):
     assert health["kl_per_dim"] is None and len(health["unit_activity"]) == 3
     assert health["kl"] == pytest.approx(evaluate_elbo(vae, x, num_particles=200)["kl"], abs=0.1)
     assert health["mutual_information"] == pytest.approx(health["kl"] - health["marginal_kl"])
+
+
+def test_eval_rebuilds_a_convolutional_run(tmp_path):
+    """The image shape the conv nets need comes from the dataset, as it did in training."""
+    from ppl_vae.config import from_dict
+    from ppl_vae.eval_run import evaluate_run
+    from ppl_vae.train import fit
+
+    config = from_dict({"model": {"encoder": "conv_encoder", "decoder": "conv_decoder"},
+                        "train": {"epochs": 1, "progress": False}})
+    run = fit(config, tmp_path / "conv")
+    results = evaluate_run(tmp_path / "conv", num_samples=30, device="cpu", progress=False)
+    assert results["elbo"] == pytest.approx(run.metrics["test_elbo"], abs=0.5)
+    assert results["log_likelihood"] >= results["elbo"]
