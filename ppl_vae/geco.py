@@ -149,7 +149,9 @@ class GECO:
         self.c_ma = c_ma
         self.step += 1
         if self.step > self.warmup:
-            self.lam = min(max(self.lam * math.exp(self.rate * c_ma), self.lambda_min), self.lambda_max)
+            # the exponent is capped where λ would pass lambda_max anyway, so a huge C_ma cannot overflow exp
+            growth = math.exp(min(self.rate * c_ma, math.log(self.lambda_max / self.lam)))
+            self.lam = min(max(self.lam * growth, self.lambda_min), self.lambda_max)
 
     def state_dict(self) -> dict[str, Any]:
         """λ, C_ma, the step count and the per-step history, for a checkpoint."""

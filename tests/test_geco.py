@@ -112,6 +112,14 @@ def test_lambda_is_clamped(vae_and_data):
     assert geco.lam == 0.5
 
 
+def test_a_huge_violation_clamps_lambda_at_its_maximum_without_overflow(vae_and_data):
+    vae, x = vae_and_data
+    geco = GECO(TraceMeanField_ELBO(max_plate_nesting=1), tolerance=1e-3, rate=1e4, lambda_max=1e3)
+    for _ in range(3):  # ν·C_ma is about 1e5: exp of it overflows a float
+        geco(vae.model, vae.guide, x)
+    assert geco.lam == pytest.approx(1e3)
+
+
 def test_constraint_is_met_and_lambda_settles():
     tolerance = 0.25
     run = fit(geco_config(40, tolerance=tolerance, rate=0.01, alpha=0.9))
