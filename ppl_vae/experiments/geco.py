@@ -54,7 +54,6 @@ def squared_error(vae: VAE, x: torch.Tensor) -> float:
     return ((x - vae.decoded_mean(vae.encode(x).sample())) ** 2).mean().item()
 
 
-@torch.no_grad()
 def _test_sample(run: Run) -> torch.Tensor:
     return run.dataset.test[:EVAL_SIZE]
 
