@@ -1,18 +1,19 @@
-"""The ``ppl-vae`` command line: ``train``, ``eval`` and ``configs``."""
+"""The ``ppl-vae`` command line: ``train``, ``eval``, ``configs`` and ``parts``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 from ppl_vae.config import apply_overrides, from_dict, read_yaml, shipped_configs
-from ppl_vae.errors import PplVaeError
+from ppl_vae.errors import ConfigError, PplVaeError
 
 
 def _train(args: argparse.Namespace) -> None:
-    from ppl_vae.train import fit, resume_config
+    from ppl_vae.runs import fit, resume_config
 
     overrides = list(args.set)
     if args.data_dir:
@@ -27,14 +28,14 @@ def _train(args: argparse.Namespace) -> None:
     metrics = run.metrics
     print(f"run directory: {out_dir}")
     print("nats per datapoint; ELBO = E_q[log p(x|z)] - KL(q||p), higher is better")
-    print(f"  train ELBO {metrics['train_elbo']:10.2f}")
+    print(f"  train ELBO {metrics['train_elbo']:10.2f}  (final weights, one pass over the training set)")
     print(f"  test ELBO  {metrics['test_elbo']:10.2f}  (reconstruction {metrics['test_reconstruction']:.2f}, "
           f"KL {metrics['test_kl']:.2f})")
     print(f"  {metrics['epochs']} epochs, {metrics['steps']} steps, {metrics['seconds']:.1f} s on {metrics['device']}")
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from ppl_vae.eval_run import EVAL_FILE, evaluate_run
+    from ppl_vae.runs import EVAL_FILE, evaluate_run
 
     results = evaluate_run(args.run_dir, args.num_samples, args.split, batch_size=args.batch_size,
                            particle_batch_size=args.particle_batch_size, data_dir=args.data_dir, device=args.device)
@@ -64,6 +65,50 @@ def _configs(args: argparse.Namespace) -> None:
         print(f"{name:20s} {first_line}")
 
 
+def _parts(args: argparse.Namespace) -> None:
+    import inspect
+
+    from ppl_vae.build import REGISTRIES
+    from ppl_vae.data import DATASETS
+    from ppl_vae.objectives import OBJECTIVES
+
+    registries = {"data.name": DATASETS, **REGISTRIES, "objective": OBJECTIVES}
+    for key, registry in registries.items():
+        if key == "model.decoder":
+            continue  # the same networks as model.encoder
+        print(f"{key} ({registry.kind}s):")
+        for name in registry.names():
+            options = ", ".join(
+                f"{option}={parameter.default!r}" if parameter.default is not inspect.Parameter.empty else option
+                for option, parameter in registry.options(name).items()
+            )
+            summary = (inspect.getdoc(registry.get(name)) or "").split("\n")[0]
+            print(f"  {name:22s} {summary}")
+            if options:
+                print(f"  {'':22s} options: {options}")
+
+
+def _reproduce(args: argparse.Namespace) -> None:
+    import yaml
+
+    from ppl_vae.experiments import EXPERIMENTS, claim, run_experiment
+
+    if args.list or not args.name:
+        for name in EXPERIMENTS.names():
+            print(f"{name:26s} {claim(name)}")
+        return
+    overrides = {}
+    for override in args.set:
+        key, sep, raw = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {override!r}: expected setting=value, e.g. --set epochs=10.")
+        overrides[key] = yaml.safe_load(raw)
+    out = Path(args.out) if args.out else Path("runs") / "reproduce" / args.name
+    record = run_experiment(args.name, out, args.quick, overrides, args.device)
+    print(f"{record['experiment']} ({record['mode']} mode, {record['wall_seconds']:.1f} s): written to {out}")
+    print(json.dumps(record["results"], indent=1, default=str))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ppl-vae", description="Variational autoencoders with Pyro.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_eval)
     configs = commands.add_parser("configs", help="list the shipped configs")
     configs.set_defaults(handler=_configs)
+    parts = commands.add_parser("parts", help="list the datasets, parts and objectives a config can name, with options")
+    parts.set_defaults(handler=_parts)
+    reproduce = commands.add_parser("reproduce", help="run one experiment (a paper's figure or table) into a folder")
+    reproduce.add_argument("name", nargs="?", metavar="NAME", help="the experiment ('ppl-vae reproduce --list')")
+    reproduce.add_argument("--list", action="store_true", help="list the experiments with the claim each checks")
+    reproduce.add_argument("--quick", action="store_true", help="a budget of seconds: checks the pipeline, not the numbers")
+    reproduce.add_argument("--out", help="output folder (default: runs/reproduce/NAME); --out figures to update the committed figures")
+    reproduce.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
+                           help="override one of the experiment's settings, e.g. --set epochs=10 (repeatable)")
+    reproduce.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto")
+    reproduce.set_defaults(handler=_reproduce)
     return parser
 
 

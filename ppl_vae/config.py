@@ -1,10 +1,11 @@
-"""Run configuration: nested dataclasses read from YAML, dicts or ``--set key=value`` overrides.
+"""The schema of a run's configuration: nested dataclasses read from YAML, dicts or ``--set key=value``.
 
-Every value is checked before any training: an unknown key, a wrong type or an impossible value
-raises :class:`~ppl_vae.errors.ConfigError` with the key path (``model.latent_dim``), the bad value
-and what is allowed. Parts (networks, prior, posterior, likelihood, β schedule) are written either
-as a bare name (``likelihood: bernoulli``) or as a mapping with options
-(``likelihood: {name: gaussian, sigma: 0.1}``).
+This module only describes and checks the shape of a config: an unknown key, a wrong type or an
+impossible value raises :class:`~ppl_vae.errors.ConfigError` with the key path (``model.latent_dim``),
+the bad value and what is allowed. Parts (networks, prior, posterior, likelihood, objective, β
+schedule) are written either as a bare name (``likelihood: bernoulli``) or as a mapping with options
+(``likelihood: {name: gaussian, sigma: 0.1}``); whether a name and its options exist is checked by
+:func:`ppl_vae.build.check`, which knows the registries, before anything is built.
 """
 
 from __future__ import annotations
@@ -55,25 +56,17 @@ class ModelConfig:
 
 
 @dataclass
-class GecoConfig:
-    """GECO (Taming VAEs): minimize KL + λ·C subject to C <= 0; see :class:`ppl_vae.geco.GECO`."""
-
-    tolerance: float | None = None  # κ (required): RMS error per dimension, or nats per datapoint for nll
-    constraint: str = "reconstruction_error"  # reconstruction_error: ||x - E[x|z]||² - D·κ²; nll: -log p(x|z) - κ
-    alpha: float = 0.99  # moving average of the constraint
-    rate: float = 1e-3  # ν in λ <- λ·exp(ν·C_ma)
-    lambda_init: float = 1.0
-    lambda_min: float = 1e-6
-    lambda_max: float = 1e6
-    warmup: int = 0  # steps before λ starts to move
-
-
-@dataclass
 class ObjectiveConfig:
-    elbo: str = "trace"  # trace: Trace_ELBO (Monte Carlo KL); meanfield: TraceMeanField_ELBO (analytic KL)
-    num_particles: int = 1
+    """The training objective, a registered part (``name`` and its ``options``), and the β schedule.
+
+    In YAML the options sit beside the name: ``objective: {name: iwae, num_particles: 5}``."""
+
+    name: str = "elbo"  # elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO; iwae; geco ('ppl-vae parts')
+    options: dict[str, Any] = field(default_factory=dict)
     beta: PartSpec = field(default_factory=lambda: part("constant", value=1.0))
-    geco: GecoConfig | None = None  # a mapping turns the ELBO into GECO's constrained objective
+
+    def to_yaml(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options, "beta": self.beta.to_yaml()}
 
 
 @dataclass
@@ -106,10 +99,9 @@ class Config:
 
 CHOICES = {
     "device": ("auto", "cpu", "cuda"),
-    "objective.elbo": ("trace", "meanfield"),
     "optim.name": ("adam", "adagrad"),
 }
-POSITIVE = ("model.latent_dim", "data.batch_size", "objective.num_particles", "optim.lr",
+POSITIVE = ("model.latent_dim", "data.batch_size", "optim.lr",
             "train.epochs", "train.eval_every", "train.checkpoint_every", "train.eval_batch_size")
 
 
@@ -122,6 +114,33 @@ def _part_from_yaml(value: Any, key: str) -> PartSpec:
         options = {k: v for k, v in value.items() if k != "name"}
         return PartSpec(value["name"], options)
     raise ConfigError(f"{key}: expected a part name or a mapping with a 'name', got {value!r}.")
+
+
+def _objective_from_yaml(value: Any, key: str) -> ObjectiveConfig:
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected an objective name or a mapping with a 'name', got {value!r}.")
+    if "elbo" in value or "geco" in value:
+        raise ConfigError(f"{key}: objectives are now chosen by name; write {key}: {_new_spelling(value)}")
+    options = {name: option for name, option in value.items() if name not in ("name", "beta")}
+    objective = ObjectiveConfig(name=value.get("name", "elbo"), options=options)
+    if not isinstance(objective.name, str):
+        raise ConfigError(f"{key}.name: expected an objective name, got {objective.name!r}.")
+    if "beta" in value:
+        objective.beta = _part_from_yaml(value["beta"], f"{key}.beta")
+    return objective
+
+
+def _new_spelling(old: dict[str, Any]) -> str:
+    """The objective section of an old config (``elbo: trace|meanfield``, ``geco: {...}``) in the new
+    spelling, for the error message."""
+    estimator = {"trace": "elbo", "meanfield": "meanfield"}.get(old.get("elbo", "trace"), "elbo")
+    new: dict[str, Any] = {"name": estimator}
+    if isinstance(old.get("geco"), dict):
+        new = {"name": "geco", **old["geco"], **({"wraps": estimator} if estimator != "elbo" else {})}
+    new.update({name: value for name, value in old.items() if name not in ("elbo", "geco")})
+    return yaml.safe_dump(new, default_flow_style=True, sort_keys=False).strip()
 
 
 def _optional_dataclass(annotation: Any) -> Any:
@@ -147,6 +166,8 @@ def _from_dict(cls: type, values: Any, prefix: str) -> Any:
         annotation = _optional_dataclass(hints[name]) if value is not None else hints[name]
         if annotation is PartSpec:
             kwargs[name] = _part_from_yaml(value, key)
+        elif annotation is ObjectiveConfig:
+            kwargs[name] = _objective_from_yaml(value, key)
         elif dataclasses.is_dataclass(annotation):
             kwargs[name] = _from_dict(annotation, value, key)
         else:
@@ -162,13 +183,8 @@ def _get(config: Config, key: str) -> Any:
 
 
 def validate(config: Config) -> Config:
-    """Check the values that no type can express, the dataset name and every part name and
-    option; return config. Parts that need the data's size are built (and check their values) in
-    :func:`~ppl_vae.train.fit`, still before any training."""
-    from ppl_vae.data import DATASETS  # the registries import torch: only when validating
-    from ppl_vae.objectives import build_schedule
-    from ppl_vae.parts import REGISTRIES
-
+    """Check the values that no type can express (choices, ranges); return config. Part names and
+    options are checked against their registries by :func:`ppl_vae.build.check`."""
     for key, allowed in CHOICES.items():
         if _get(config, key) not in allowed:
             value = _get(config, key)
@@ -185,31 +201,11 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"optim.clip_norm: must be > 0 or null (no clipping), got {config.optim.clip_norm!r}.")
     if not 0 <= config.seed < 2**32:
         raise ConfigError(f"seed: must be in [0, 2**32 - 1] (NumPy's range), got {config.seed!r}.")
-    DATASETS.get(config.data.name, "data.name")
-    for key, registry in REGISTRIES.items():
-        spec: PartSpec = _get(config, key)
-        spec.options = registry.check_options(spec.name, spec.options, key)
-    build_schedule(config.objective.beta)
-    if config.objective.geco is not None:
-        _validate_geco(config.objective)
     return config
 
 
-def _validate_geco(objective: ObjectiveConfig) -> None:
-    from ppl_vae.objectives import Constant, build_objective, build_schedule
-
-    if objective.geco.tolerance is None:
-        raise ConfigError("objective.geco.tolerance: GECO needs the tolerance κ of its constraint, e.g. "
-                          "objective.geco.tolerance=0.1 (RMS reconstruction error per dimension).")
-    schedule = build_schedule(objective.beta)
-    if not (isinstance(schedule, Constant) and schedule.value == 1.0):
-        raise ConfigError("objective.beta: GECO sets the weight of the KL against the constraint itself (through "
-                          "λ); leave beta at its default (constant 1) when objective.geco is set.")
-    build_objective(objective)  # the GECO constructor checks its own values
-
-
 def from_dict(values: dict[str, Any]) -> Config:
-    """Build and validate a Config from a (possibly partial) nested dict; missing keys keep defaults."""
+    """Read and validate a Config from a (possibly partial) nested dict; missing keys keep defaults."""
     return validate(_from_dict(Config, values or {}, ""))
 
 
@@ -218,7 +214,7 @@ def to_dict(config: Any) -> dict[str, Any]:
     out = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if isinstance(value, PartSpec):
+        if isinstance(value, (PartSpec, ObjectiveConfig)):
             out[f.name] = value.to_yaml()
         elif dataclasses.is_dataclass(value):
             out[f.name] = to_dict(value)

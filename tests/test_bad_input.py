@@ -16,11 +16,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from torch.distributions import constraints
 
+from ppl_vae.build import check
 from ppl_vae.config import Config, from_dict, to_dict
 from ppl_vae.data import DATASETS, Dataset, check_dataset, load_dataset
 from ppl_vae.errors import ConfigError, DataError, PplVaeError
-from ppl_vae.likelihoods import LIKELIHOODS, Bernoulli
-from ppl_vae.train import fit
+from ppl_vae.parts.likelihoods import LIKELIHOODS, Bernoulli
+from ppl_vae.runs import fit
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -69,12 +70,12 @@ def mutated_configs(draw) -> dict:
 @given(st.one_of(mutated_configs(), st.dictionaries(KEYS, VALUES, max_size=5), VALUES))
 def test_random_configs_load_or_raise_a_config_error(values):
     try:
-        config = from_dict(values)
+        config = check(from_dict(values))
     except PplVaeError as error:
         assert isinstance(error, ConfigError) and len(str(error)) > 10
         return
     assert isinstance(config, Config)
-    assert from_dict(yaml.safe_load(yaml.safe_dump(to_dict(config)))) == config  # what loads, saves
+    assert check(from_dict(yaml.safe_load(yaml.safe_dump(to_dict(config))))) == config  # what loads, saves
 
 
 @pytest.mark.parametrize("values, key, hint", [
@@ -94,7 +95,7 @@ def test_random_configs_load_or_raise_a_config_error(values):
 ])
 def test_wrong_types_anywhere_raise_a_config_error(values, key, hint):
     with pytest.raises(ConfigError) as error:
-        from_dict(values)
+        check(from_dict(values))
     assert str(error.value).startswith(key + ":") and hint in str(error.value)
 
 

@@ -3,9 +3,10 @@
 import pytest
 import yaml
 
+from ppl_vae.build import check
 from ppl_vae.config import Config, apply_overrides, from_dict, load_config, shipped_configs, to_dict
 from ppl_vae.errors import ConfigError
-from ppl_vae.train import fit
+from ppl_vae.runs import fit
 
 
 @pytest.mark.parametrize("name", sorted(shipped_configs()))
@@ -38,14 +39,18 @@ def test_overrides_parse_yaml_values_and_part_options():
     ({"optimizer": {}}, "optimizer", "Did you mean 'optim'"),
     ({"optim": {"lr": 0}}, "optim.lr", "must be > 0"),
     ({"optim": {"name": "sgd"}}, "optim.name", "adam, adagrad"),
-    ({"objective": {"elbo": "iwae"}}, "objective.elbo", "trace, meanfield"),
+    ({"objective": {"name": "iwea"}}, "objective", "Did you mean 'iwae'"),
+    ({"objective": {"name": "iwae", "num_particle": 5}}, "objective.num_particle", "num_particles"),
+    ({"objective": {"elbo": "meanfield", "num_particles": 2}}, "objective", "{name: meanfield, num_particles: 2}"),
+    ({"objective": {"elbo": "meanfield", "geco": {"tolerance": 0.1}}}, "objective",
+     "{name: geco, tolerance: 0.1, wraps: meanfield}"),
     ({"model": {"encoder": {"name": "mlp", "activation": "sigmoid"}}}, "model.encoder.activation", "tanh"),
     ({"model": {"likelihood": {"name": "gaussian", "sigm": 1}}}, "model.likelihood.sigm", "Did you mean 'sigma'"),
     ({"objective": {"beta": {"name": "linear", "duration": 2.5}}}, "objective.beta.duration", "integer"),
 ])
 def test_bad_values_name_the_key(values, key, hint):
     with pytest.raises(ConfigError) as error:
-        from_dict(values)
+        check(from_dict(values))
     assert key in str(error.value) and hint in str(error.value)
 
 

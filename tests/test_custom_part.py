@@ -6,10 +6,11 @@ import torch
 from torch import nn
 from torch.distributions import constraints
 
+from ppl_vae.build import check
 from ppl_vae.config import from_dict
 from ppl_vae.errors import ConfigError
-from ppl_vae.likelihoods import LIKELIHOODS
-from ppl_vae.train import fit
+from ppl_vae.parts.likelihoods import LIKELIHOODS
+from ppl_vae.runs import fit
 
 
 @pytest.fixture
@@ -41,9 +42,9 @@ def test_a_part_registered_from_a_notebook_trains(registry_snapshot):
     assert isinstance(run.vae.likelihood, StudentT) and run.vae.likelihood.df == 4.0
     assert run.history[-1]["train_elbo"] > run.history[0]["train_elbo"]
     with pytest.raises(ConfigError, match="model.likelihood.dof: .*Did you mean 'df'"):
-        from_dict({"model": {"likelihood": {"name": "student_t", "dof": 4}}})
+        check(from_dict({"model": {"likelihood": {"name": "student_t", "dof": 4}}}))
     with pytest.raises(ConfigError, match="model.likelihood.df: expected a number"):
-        from_dict({"model": {"likelihood": {"name": "student_t", "df": "four"}}})
+        check(from_dict({"model": {"likelihood": {"name": "student_t", "df": "four"}}}))
 
 
 def test_registrations_do_not_leak_between_tests():

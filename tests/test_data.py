@@ -20,7 +20,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ppl_vae import data
+from ppl_vae.data import datasets as data, files
 from ppl_vae.data import DATASETS, Dataset, batches, load_dataset
 from ppl_vae.errors import ConfigError, DataError
 
@@ -197,11 +197,11 @@ def test_loaded_values_must_be_finite_and_in_the_unit_interval(monkeypatch):
 
 def test_data_dir_precedence(monkeypatch, tmp_path: Path):
     monkeypatch.setenv("PPL_VAE_DATA", str(tmp_path / "from-env"))
-    assert data.data_dir(tmp_path / "explicit") == tmp_path / "explicit"
-    assert data.data_dir() == tmp_path / "from-env"
+    assert files.data_dir(tmp_path / "explicit") == tmp_path / "explicit"
+    assert files.data_dir() == tmp_path / "from-env"
     monkeypatch.delenv("PPL_VAE_DATA")
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert data.data_dir() == tmp_path / ".cache" / "ppl_vae"
+    assert files.data_dir() == tmp_path / ".cache" / "ppl_vae"
 
 
 # -- integrity -----------------------------------------------------------------------------------

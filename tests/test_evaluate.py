@@ -1,8 +1,10 @@
-"""Importance-sampled log p(x), its diagnostics and latent health, against ground truth.
+"""Importance-sampled log-likelihood, its diagnostics and latent health, against ground truth.
 
 Probabilistic PCA (z ~ N(0, I), x|z ~ N(Wz + b, σ²I)) built from the project's parts has an exact
 log p(x) = log N(x; b, WWᵀ + σ²I) and an exact posterior; a trained Bernoulli MLP is checked
-against an independent plain-torch computation on the same weights.
+against an independent plain-torch computation on the same weights. Every evaluation takes
+``model, guide, *data``: the PPCA is also evaluated as a model of two tensors (x, y) and as a model
+of two latent sites, which must give the same numbers.
 """
 
 import json
@@ -20,20 +22,23 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.distributions import MultivariateNormal  # noqa: E402
 
-from ppl_vae.cli import main  # noqa: E402
 from ppl_vae.errors import EvaluationError  # noqa: E402
-from ppl_vae.config import from_dict  # noqa: E402
-from ppl_vae.evaluate import (  # noqa: E402
-    PlateLayout,
+from ppl_vae.evaluation import (  # noqa: E402
     evaluate_elbo,
     importance_sample,
+    kl_per_dimension,
     latent_health,
     log_likelihood,
-    log_weights,
+    marginal_kl,
     to_inference_data,
+    unit_activity,
 )
-from ppl_vae.model import VAE, build_vae  # noqa: E402
-from ppl_vae.train import fit  # noqa: E402
+from ppl_vae.models.vae import VAE  # noqa: E402
+from ppl_vae.objectives.traces import PlateLayout, log_weights  # noqa: E402
+from ppl_vae.parts.likelihoods import Bernoulli, Gaussian  # noqa: E402
+from ppl_vae.parts.nets import mlp  # noqa: E402
+from ppl_vae.parts.posteriors import DiagonalNormal, FullNormal  # noqa: E402
+from ppl_vae.parts.priors import GaussianMixture, StandardNormal  # noqa: E402
 
 SIGMA = 0.5
 SCALES = torch.tensor([2.0, 0.03], dtype=torch.float64)  # the second direction barely reaches the data
@@ -55,19 +60,17 @@ class PPCA:
         self.bias = torch.randn(DATA_DIM, generator=generator, dtype=torch.float64)
         self.gain = (SCALES / (SCALES**2 + SIGMA**2)).unsqueeze(1) * q.T  # A
         self.posterior_variance = SIGMA**2 / (SCALES**2 + SIGMA**2)
-        linear = {"name": "mlp", "hidden_sizes": []}
-        config = from_dict({"model": {"latent_dim": len(SCALES), "encoder": linear, "decoder": linear,
-                                      "likelihood": {"name": "gaussian", "sigma": SIGMA, "squash": "none"}}})
-        self.vae = build_vae(config.model, DATA_DIM).double()
-        decoder, encoder = self.vae.decoder[0], self.vae.encoder[0]
         latent = len(SCALES)
+        encoder, decoder = mlp(DATA_DIM, 2 * latent, hidden_sizes=[]), mlp(latent, DATA_DIM, hidden_sizes=[])
+        likelihood = Gaussian(DATA_DIM, sigma=SIGMA, squash="none")
+        self.vae = VAE(encoder, decoder, StandardNormal(latent), DiagonalNormal(latent), likelihood).double()
         with torch.no_grad():
-            decoder.weight.copy_(self.weight)
-            decoder.bias.copy_(self.bias)
-            encoder.weight.zero_()
-            encoder.weight[:latent] = self.gain
-            encoder.bias[:latent] = -self.gain @ self.bias + guide_shift
-            encoder.bias[latent:] = torch.log(self.posterior_variance * guide_variance_factor)
+            decoder[0].weight.copy_(self.weight)
+            decoder[0].bias.copy_(self.bias)
+            encoder[0].weight.zero_()
+            encoder[0].weight[:latent] = self.gain
+            encoder[0].bias[:latent] = -self.gain @ self.bias + guide_shift
+            encoder[0].bias[latent:] = torch.log(self.posterior_variance * guide_variance_factor)
 
     def sample_data(self, num: int, seed: int = 2) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
@@ -87,12 +90,13 @@ def monte_carlo_error(estimate) -> torch.Tensor:
 
 def test_exact_posterior_guide_makes_every_weight_log_px():
     ppca = PPCA()
-    x = ppca.sample_data(12)
+    vae, x = ppca.vae, ppca.sample_data(12)
     exact = ppca.exact_log_likelihood(x)
-    weights = log_weights(ppca.vae, x, 200)
+    with torch.no_grad():
+        weights = log_weights(vae.model, vae.guide, x, num_particles=200)
     assert weights.shape == (200, 12)
     torch.testing.assert_close(weights, exact.expand(200, 12), rtol=0, atol=TIGHT)
-    estimate = importance_sample(ppca.vae, x, 200, psis=False)
+    estimate = importance_sample(vae.model, vae.guide, x, num_samples=200, psis=False)
     torch.testing.assert_close(estimate.elbo, exact, rtol=0, atol=TIGHT)
     torch.testing.assert_close(estimate.log_likelihood, exact, rtol=0, atol=TIGHT)
     torch.testing.assert_close(estimate.ess, torch.full_like(exact, 200.0), rtol=TIGHT, atol=0)
@@ -100,9 +104,9 @@ def test_exact_posterior_guide_makes_every_weight_log_px():
 
 def test_estimate_converges_to_exact_log_px_and_elbo_stays_below():
     ppca = PPCA(guide_shift=0.3, guide_variance_factor=2.0)  # a wider, shifted guide: not the posterior
-    x = ppca.sample_data(20)
+    vae, x = ppca.vae, ppca.sample_data(20)
     exact = ppca.exact_log_likelihood(x)
-    estimate = importance_sample(ppca.vae, x, 5000, batch_size=7, particle_batch_size=1200)
+    estimate = importance_sample(vae.model, vae.guide, x, num_samples=5000, batch_size=7, particle_batch_size=1200)
     error = monte_carlo_error(estimate)
     assert bool((error < 0.05).all())
     assert bool(((estimate.log_likelihood - exact).abs() < 4 * error + 1e-6).all())
@@ -110,23 +114,93 @@ def test_estimate_converges_to_exact_log_px_and_elbo_stays_below():
     assert bool((estimate.elbo < exact - 0.05).all())
     assert estimate.khat.shape == (20,) and bool((estimate.khat < 0.7).all())
     # a single sample is the ELBO: much further off on average than K = 5000
-    single = log_likelihood(ppca.vae, x, 1)
+    single = log_likelihood(vae.model, vae.guide, x, num_samples=1)
     assert (single - exact).abs().mean() > 10 * (estimate.log_likelihood - exact).abs().mean()
 
 
 def test_chunking_over_datapoints_keeps_each_datapoint_its_own():
     ppca = PPCA()  # every weight is log p(x): any mix-up of datapoints between chunks would show
-    x = ppca.sample_data(10)
-    whole = log_likelihood(ppca.vae, x, 40, batch_size=10, particle_batch_size=40)
-    chunked = log_likelihood(ppca.vae, x, 40, batch_size=3, particle_batch_size=7)
+    vae, x = ppca.vae, ppca.sample_data(10)
+    whole = log_likelihood(vae.model, vae.guide, x, num_samples=40, batch_size=10, particle_batch_size=40)
+    chunked = log_likelihood(vae.model, vae.guide, x, num_samples=40, batch_size=3, particle_batch_size=7)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=TIGHT)
     torch.testing.assert_close(whole, ppca.exact_log_likelihood(x), rtol=0, atol=TIGHT)
+
+
+def two_tensor_ppca(ppca: PPCA, split: int = 2):
+    """The PPCA's model and guide on two tensors per datapoint, x (the first ``split`` numbers) and y
+    (the rest), observed at two sites of the data plate: the same joint density as the PPCA's."""
+    vae = ppca.vae
+
+    def model(x, y):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", vae.prior())
+            loc = vae.decoder(z)
+            pyro.sample("x", dist.Normal(loc[..., :split], SIGMA).to_event(1), obs=x)
+            pyro.sample("y", dist.Normal(loc[..., split:], SIGMA).to_event(1), obs=y)
+
+    def guide(x, y):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", vae.encode(torch.cat([x, y], dim=-1)))
+
+    return model, guide
+
+
+def test_two_tensors_in_the_data_plate_are_chunked_together():
+    ppca = PPCA()  # the exact posterior: every weight is log p(x, y), so any mispairing of rows would show
+    vae, data = ppca.vae, ppca.sample_data(10)
+    model, guide = two_tensor_ppca(ppca)
+    x, y = data[:, :2], data[:, 2:]
+    chunked = log_likelihood(model, guide, x, y, num_samples=40, batch_size=3, particle_batch_size=7)
+    torch.testing.assert_close(chunked, ppca.exact_log_likelihood(data), rtol=0, atol=TIGHT)
+    # the closed-form KL terms and posterior means are deterministic: chunks of 3 equal the one-tensor VAE's
+    torch.testing.assert_close(kl_per_dimension(model, guide, x, y, batch_size=3),
+                               kl_per_dimension(vae.model, vae.guide, data))
+    torch.testing.assert_close(unit_activity(model, guide, x, y, batch_size=3), unit_activity(vae.model, vae.guide, data))
+    assert evaluate_elbo(model, guide, x, y, batch_size=3)["kl"] == pytest.approx(
+        evaluate_elbo(vae.model, vae.guide, data)["kl"], rel=1e-12)
+    with pytest.raises(EvaluationError, match=r"same length .* \[10, 9\]"):
+        log_likelihood(model, guide, x, y[:9], num_samples=2)
+
+
+def two_latent_site_ppca(ppca: PPCA):
+    """The PPCA with z = (z_0, z_1) sampled at two latent sites, z_1 (site "second") before z_0 (site "first")."""
+    vae = ppca.vae
+
+    def coordinate(normal, index):
+        return dist.Normal(normal.base_dist.loc[..., index : index + 1], normal.base_dist.scale[..., index : index + 1])
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            second = pyro.sample("second", coordinate(vae.prior(), 1).to_event(1))
+            first = pyro.sample("first", coordinate(vae.prior(), 0).to_event(1))
+            pyro.sample("x", vae.decode(torch.cat([first, second], dim=-1)), obs=x)
+
+    def guide(x):
+        posterior = vae.encode(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("second", coordinate(posterior, 1).to_event(1))
+            pyro.sample("first", coordinate(posterior, 0).to_event(1))
+
+    return model, guide
+
+
+def test_several_latent_sites_are_concatenated_in_site_order():
+    ppca = PPCA()
+    vae, x = ppca.vae, ppca.sample_data(1000)
+    model, guide = two_latent_site_ppca(ppca)
+    torch.testing.assert_close(log_likelihood(model, guide, x[:10], num_samples=20),
+                               ppca.exact_log_likelihood(x[:10]), rtol=0, atol=TIGHT)
+    torch.testing.assert_close(kl_per_dimension(model, guide, x), kl_per_dimension(vae.model, vae.guide, x).flip(0))
+    torch.testing.assert_close(unit_activity(model, guide, x), unit_activity(vae.model, vae.guide, x).flip(0))
+    # the aggregate of exact posteriors is the prior, whichever way z is split into sites
+    assert abs(marginal_kl(model, guide, x)) < 0.05
 
 
 def test_latent_health_of_ppca_matches_closed_forms():
     ppca = PPCA()
     x = ppca.sample_data(2000)
-    health = latent_health(ppca.vae, x)
+    health = latent_health(ppca.vae.model, ppca.vae.guide, x)
     # the exact posterior: Cov_x(E[z_u|x]) = s_u² / (s_u² + σ²); KL_u = E_x ½(m_u² + v_u - 1 - log v_u)
     activity = SCALES**2 / (SCALES**2 + SIGMA**2)
     torch.testing.assert_close(torch.tensor(health["unit_activity"], dtype=torch.float64), activity,
@@ -145,6 +219,9 @@ def test_latent_health_of_ppca_matches_closed_forms():
 @pytest.fixture(scope="module")
 def bernoulli_run(tmp_path_factory):
     """A Bernoulli MLP VAE trained briefly on the 8x8 digits, with binarized test digits."""
+    from ppl_vae.config import from_dict
+    from ppl_vae.runs import fit
+
     config = from_dict({"train": {"epochs": 4, "eval_every": 4, "checkpoint_every": 4, "progress": False},
                         "model": {"latent_dim": 2}, "optim": {"lr": 0.003}})
     run = fit(config, tmp_path_factory.mktemp("bernoulli"))
@@ -171,14 +248,15 @@ def plain_torch_log_weights(vae, x, num_samples):
 
 def test_bernoulli_estimate_agrees_with_plain_torch(bernoulli_run):
     vae, x = bernoulli_run.vae, binarized_test_digits(bernoulli_run)
-    layout = PlateLayout.of(vae, x)
+    layout = PlateLayout.of(vae.model, vae.guide, x)
     pyro.set_rng_seed(5)  # the same draws: the two computations agree to rounding
-    weights = log_weights(vae, x, 300, layout)
+    with torch.no_grad():
+        weights = log_weights(vae.model, vae.guide, x, num_particles=300, layout=layout)
     pyro.set_rng_seed(5)
     torch.testing.assert_close(weights, plain_torch_log_weights(vae, x, 300), rtol=1e-5, atol=1e-4)
     # independent draws: the mean log p(x) agrees within Monte Carlo error
     pyro.set_rng_seed(6)
-    estimate = importance_sample(vae, x, 1000, psis=False)
+    estimate = importance_sample(vae.model, vae.guide, x, num_samples=1000, psis=False)
     torch.manual_seed(7)
     plain = torch.logsumexp(plain_torch_log_weights(vae, x, 1000), dim=0) - math.log(1000)
     error = monte_carlo_error(estimate).pow(2).sum().sqrt() / x.shape[0]
@@ -187,10 +265,13 @@ def test_bernoulli_estimate_agrees_with_plain_torch(bernoulli_run):
 
 def test_expected_estimates_grow_with_k_towards_exact_log_px():
     ppca = PPCA(guide_shift=0.5, guide_variance_factor=3.0)
-    x = ppca.sample_data(3000)  # the mean over many datapoints stands in for the expectation
+    vae, x = ppca.vae, ppca.sample_data(3000)  # the mean over many datapoints stands in for the expectation
     exact = ppca.exact_log_likelihood(x).mean().item()
-    estimates = [log_likelihood(ppca.vae, x, k, batch_size=1000, particle_batch_size=1000).mean().item() - exact
-                 for k in (1, 10, 100, 1000)]
+    estimates = [
+        log_likelihood(vae.model, vae.guide, x, num_samples=k, batch_size=1000, particle_batch_size=1000).mean().item()
+        - exact
+        for k in (1, 10, 100, 1000)
+    ]
     # Burda et al., Theorem 1: E log p̂_K increases with K to log p(x); gaps here ≈ 3, 0.2, 0.02 nats
     assert estimates == sorted(estimates), estimates
     assert -0.01 < estimates[-1] < 0.003, estimates
@@ -198,9 +279,9 @@ def test_expected_estimates_grow_with_k_towards_exact_log_px():
 
 def test_elbo_stays_below_the_estimate(bernoulli_run):
     vae, x = bernoulli_run.vae, binarized_test_digits(bernoulli_run)
-    estimate = importance_sample(vae, x, 1000, psis=False)
+    estimate = importance_sample(vae.model, vae.guide, x, num_samples=1000, psis=False)
     assert bool((estimate.elbo <= estimate.log_likelihood).all())
-    assert evaluate_elbo(vae, x, num_particles=20)["elbo"] <= estimate.log_likelihood.mean().item()
+    assert evaluate_elbo(vae.model, vae.guide, x, num_particles=20)["elbo"] <= estimate.log_likelihood.mean().item()
 
 
 def test_particle_chunks_give_identical_results(bernoulli_run):
@@ -208,9 +289,9 @@ def test_particle_chunks_give_identical_results(bernoulli_run):
     # 8 datapoints x 2 latents: each chunk's draws are whole 16-number blocks of torch's CPU normal
     # sampler, so chunks draw exactly the numbers one unchunked draw would
     pyro.set_rng_seed(3)
-    whole = importance_sample(vae, x, 300, batch_size=8, particle_batch_size=300)
+    whole = importance_sample(vae.model, vae.guide, x, num_samples=300, batch_size=8, particle_batch_size=300)
     pyro.set_rng_seed(3)
-    chunked = importance_sample(vae, x, 300, batch_size=8, particle_batch_size=70)
+    chunked = importance_sample(vae.model, vae.guide, x, num_samples=300, batch_size=8, particle_batch_size=70)
     for name in ("log_likelihood", "elbo", "ess", "khat"):
         torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), rtol=0, atol=0)
 
@@ -218,20 +299,21 @@ def test_particle_chunks_give_identical_results(bernoulli_run):
 @pytest.mark.filterwarnings("ignore:PSIS")
 def test_shapes_per_datapoint_and_psis_warning(bernoulli_run):
     vae, x = bernoulli_run.vae, binarized_test_digits(bernoulli_run, 37)
-    estimate = importance_sample(vae, x, 60, batch_size=10, particle_batch_size=25)
+    estimate = importance_sample(vae.model, vae.guide, x, num_samples=60, batch_size=10, particle_batch_size=25)
     for name in ("log_likelihood", "elbo", "ess", "khat"):
         assert getattr(estimate, name).shape == (37,)
     assert bool(((estimate.ess >= 1) & (estimate.ess <= 60)).all())
     assert estimate.bits_per_dim(64) == pytest.approx(-estimate.log_likelihood.mean().item() / (64 * math.log(2)))
-    with pytest.warns(UserWarning, match="PSIS k̂ > 0.7"):  # 10 samples are too few to fit the tail
-        importance_sample(vae, x[:3], 10)
+    with pytest.warns(UserWarning, match="PSIS k̂ > 0.7") as warned:  # 10 samples are too few to fit the tail
+        importance_sample(vae.model, vae.guide, x[:3], num_samples=10)
+    assert [w.filename for w in warned if "PSIS" in str(w.message)] == [__file__]  # reported at the caller
 
 
 @pytest.mark.filterwarnings("ignore::matplotlib.MatplotlibDeprecationWarning")  # inside ArviZ 0.23
 def test_posterior_samples_as_inference_data():
     ppca = PPCA()
     x = ppca.sample_data(3)
-    data = to_inference_data(ppca.vae, x, 4000)
+    data = to_inference_data(ppca.vae.model, ppca.vae.guide, x, num_samples=4000)
     assert data.posterior["z"].shape == (1, 4000, 3, 2)
     summary = az.summary(data, kind="stats")
     exact_means = ((x - ppca.bias) @ ppca.gain.T).reshape(-1)
@@ -243,6 +325,8 @@ def test_posterior_samples_as_inference_data():
 
 @pytest.mark.filterwarnings("ignore:PSIS")
 def test_cli_eval_writes_eval_json(bernoulli_run, capsys):
+    from ppl_vae.cli import main
+
     run_dir = bernoulli_run.out_dir
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert len(metrics["test_kl_per_dim"]) == 2 and 0 <= metrics["test_active_units"] <= 2
@@ -271,31 +355,31 @@ def test_a_global_latent_is_refused():
 
     vae = PPCA().vae
     vae = GlobalOffsetVAE(vae.encoder, vae.decoder, vae.prior, vae.posterior, vae.likelihood)
+    x = PPCA().sample_data(4)
     with pytest.raises(EvaluationError, match="'offset' is outside the 'data' plate"):
-        log_likelihood(vae, PPCA().sample_data(4), 10)
+        log_likelihood(vae.model, vae.guide, x, num_samples=10)
+    with pytest.raises(EvaluationError, match="'offset' is outside the 'data' plate"):
+        latent_health(vae.model, vae.guide, x)
 
 
-@pytest.mark.parametrize("parts", [{"posterior": "full_normal"}, {"prior": "mixture"}])
+@pytest.mark.parametrize("parts", [{"posterior": FullNormal}, {"prior": GaussianMixture}])
 def test_latent_health_of_non_factorized_parts_keeps_the_total_kl(parts):
     """A joint posterior or prior has no per-dimension KL: training and evaluation still report the total."""
-    from ppl_vae.config import ModelConfig, part
-    from ppl_vae.evaluate import evaluate_elbo, latent_health
-    from ppl_vae.model import build_vae
-
-    config = ModelConfig(latent_dim=3, **{role: part(name) for role, name in parts.items()})
-    vae = build_vae(config, 12)
-    x = torch.bernoulli(torch.full((200, 12), 0.3))
-    health = latent_health(vae, x)
+    latent, data_dim = 3, 12
+    prior, posterior = parts.get("prior", StandardNormal)(latent), parts.get("posterior", DiagonalNormal)(latent)
+    vae = VAE(mlp(data_dim, posterior.num_params, hidden_sizes=[200]), mlp(latent, data_dim, hidden_sizes=[200]),
+              prior, posterior, Bernoulli(data_dim))
+    x = torch.bernoulli(torch.full((200, data_dim), 0.3))
+    health = latent_health(vae.model, vae.guide, x)
     assert health["kl_per_dim"] is None and len(health["unit_activity"]) == 3
-    assert health["kl"] == pytest.approx(evaluate_elbo(vae, x, num_particles=200)["kl"], abs=0.1)
+    assert health["kl"] == pytest.approx(evaluate_elbo(vae.model, vae.guide, x, num_particles=200)["kl"], abs=0.1)
     assert health["mutual_information"] == pytest.approx(health["kl"] - health["marginal_kl"])
 
 
 def test_eval_rebuilds_a_convolutional_run(tmp_path):
     """The image shape the conv nets need comes from the dataset, as it did in training."""
     from ppl_vae.config import from_dict
-    from ppl_vae.eval_run import evaluate_run
-    from ppl_vae.train import fit
+    from ppl_vae.runs import evaluate_run, fit
 
     config = from_dict({"model": {"encoder": "conv_encoder", "decoder": "conv_decoder"},
                         "train": {"epochs": 1, "progress": False}})

@@ -19,13 +19,14 @@ import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
 
-from ppl_vae.checkpoint import load_checkpoint
+from ppl_vae.training.checkpoint import load_checkpoint
 from ppl_vae.cli import main
 from ppl_vae.config import from_dict, load_config
 from ppl_vae.data import DATASETS, load_digits
 from ppl_vae.errors import CheckpointError, TrainingError, TrainingInterrupted
-from ppl_vae.nets import NETS, mlp
-from ppl_vae.train import fit, make_optimizer
+from ppl_vae.parts.nets import NETS, mlp
+from ppl_vae.build import build_optimizer as make_optimizer
+from ppl_vae.runs import fit
 
 QUICK = {"device": "cpu", "train": {"epochs": 3, "eval_every": 1, "checkpoint_every": 1, "progress": False},
          "optim": {"lr": 0.003}}  # exact resume is promised on CPU
@@ -80,9 +81,9 @@ def test_non_finite_loss_or_gradient_stops_at_its_step_and_keeps_the_checkpoint(
     with pytest.raises(TrainingError, match=message):
         fit(from_dict(faulty), tmp_path / "run")  # 15 steps per epoch: step 20 is in epoch 2
     saved = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
-    assert (saved["epoch"], saved["step"]) == (1, 15)
+    assert (saved["training"]["epoch"], saved["training"]["step"]) == (1, 15)
     one_epoch = fit(from_dict({**QUICK, "train": {**QUICK["train"], "epochs": 1}}))
-    assert same_parameters(saved["vae"], one_epoch.vae.state_dict())  # the good state of epoch 1, intact
+    assert same_parameters(saved["module"], one_epoch.vae.state_dict())  # the good state of epoch 1, intact
     assert main(["train", "--out", str(tmp_path / "cli"), "--set", "train.progress=false",
                  "--set", f"model.decoder={{name: test-faulty, at_call: 3, fault: {fault}}}"]) == 2
     assert "at step 3 (epoch 1, batch 3)" in capsys.readouterr().err
@@ -156,7 +157,7 @@ def interrupt_at(call: int):
 def test_ctrl_c_saves_mid_epoch_and_resumes_exactly(dataset, monkeypatch, tmp_path):
     monkeypatch.setitem(DATASETS._factories, "digits-binarized", lambda data_dir, download=True: replace(
         load_digits(data_dir), name="digits-binarized", dynamic_binarization=True))  # batches draw from the generator
-    config = from_dict({**QUICK, "data": {"name": dataset}, "objective": {"elbo": "trace"},
+    config = from_dict({**QUICK, "data": {"name": dataset}, "objective": {"name": "elbo"},
                         "train": {**QUICK["train"], "checkpoint_every": 3}})
     straight = fit(config)
     with monkeypatch.context() as patch:
@@ -166,7 +167,7 @@ def test_ctrl_c_saves_mid_epoch_and_resumes_exactly(dataset, monkeypatch, tmp_pa
     assert stop.value.checkpoint == str(tmp_path / "checkpoint.pt")
     assert f"checkpoint saved to {tmp_path / 'checkpoint.pt'}" in str(stop.value)
     saved = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert (saved["epoch"], saved["step"], saved["epoch_step"]) == (1, 20, 5)  # the 20th step completed
+    assert (saved["training"]["epoch"], saved["training"]["step"], saved["training"]["epoch_step"]) == (1, 20, 5)  # the 20th step completed
     resumed = fit(config, tmp_path, resume=True)
     assert same_parameters(resumed.vae.state_dict(), straight.vae.state_dict())
     assert without_timings(resumed.history) == without_timings(straight.history)
@@ -204,12 +205,12 @@ def test_sigkill_mid_run_then_resume_loses_only_the_work_since_the_checkpoint(st
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
     saved = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert (saved["epoch"], saved["step"]) == (1, 75) and not (tmp_path / "metrics.json").exists()
+    assert (saved["training"]["epoch"], saved["training"]["step"]) == (1, 75) and not (tmp_path / "metrics.json").exists()
     assert main(["train", "--resume", str(tmp_path)]) == 0
     assert "3 epochs, 225 steps" in capsys.readouterr().out
     final = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert final["history"][:1] == saved["history"]  # the checkpointed epochs are kept, not redone
-    assert same_parameters(final["vae"], straight_slow_run)
+    assert final["training"]["history"][:1] == saved["training"]["history"]  # the checkpointed epochs are kept, not redone
+    assert same_parameters(final["module"], straight_slow_run)
 
 
 def test_sigint_saves_a_checkpoint_exits_130_and_resumes_exactly(straight_slow_run, tmp_path, capsys):
@@ -221,7 +222,7 @@ def test_sigint_saves_a_checkpoint_exits_130_and_resumes_exactly(straight_slow_r
     assert process.returncode == 130
     assert f"checkpoint saved to {tmp_path / 'checkpoint.pt'}" in err and f"--resume {tmp_path}" in err
     saved = load_checkpoint(tmp_path / "checkpoint.pt")
-    assert 0 < saved["step"] < 225
+    assert 0 < saved["training"]["step"] < 225
     assert main(["train", "--resume", str(tmp_path)]) == 0
     assert "3 epochs, 225 steps" in capsys.readouterr().out
-    assert same_parameters(load_checkpoint(tmp_path / "checkpoint.pt")["vae"], straight_slow_run)
+    assert same_parameters(load_checkpoint(tmp_path / "checkpoint.pt")["module"], straight_slow_run)

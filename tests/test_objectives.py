@@ -7,9 +7,9 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch.distributions import Normal, kl_divergence
 
 from ppl_vae.config import ModelConfig, part
-from ppl_vae.evaluate import elbo_terms, trace_pair
-from ppl_vae.model import build_vae
-from ppl_vae.objectives import SCHEDULES, build_schedule
+from ppl_vae.build import build_schedule, build_vae
+from ppl_vae.objectives import SCHEDULES
+from ppl_vae.objectives.traces import elbo_terms, trace_pair
 
 DATA_DIM, LATENT_DIM, BATCH = 12, 3, 7
 
@@ -31,7 +31,7 @@ def loss_with_seed(elbo, vae, x, beta, seed=1):
 
 def terms_with_seed(vae, x, analytic, seed=1):
     pyro.set_rng_seed(seed)
-    return elbo_terms(*trace_pair(vae, x), analytic_kl=analytic)
+    return elbo_terms(*trace_pair(vae.model, vae.guide, x), analytic_kl=analytic)
 
 
 def test_analytic_kl_is_the_closed_form_for_diagonal_gaussians(vae_and_data):

@@ -15,13 +15,15 @@ from torch import nn
 from ppl_vae.config import from_dict, to_dict
 from ppl_vae.data import Dataset, load_dataset
 from ppl_vae.errors import ConfigError
-from ppl_vae.evaluate import evaluate_elbo, log_likelihood, trace_pair
-from ppl_vae.guides import POSTERIORS
-from ppl_vae.likelihoods import LIKELIHOODS
-from ppl_vae.model import VAE, build_vae
-from ppl_vae.nets import NETS
-from ppl_vae.priors import PRIORS
-from ppl_vae.train import check_support, fit
+from ppl_vae.evaluation import evaluate_elbo, log_likelihood
+from ppl_vae.objectives.traces import trace_pair
+from ppl_vae.parts.posteriors import POSTERIORS
+from ppl_vae.parts.likelihoods import LIKELIHOODS
+from ppl_vae.models.vae import VAE
+from ppl_vae.parts.nets import NETS
+from ppl_vae.parts.priors import PRIORS
+from ppl_vae.build import build_vae, check, check_support
+from ppl_vae.runs import fit
 
 LATENT_DIM = 3
 # small options for parts whose defaults are sized for MNIST
@@ -77,7 +79,7 @@ def test_every_registered_part_is_tested():
 def test_shapes_and_finite_log_probabilities(role, name, digits):
     vae = build(role, name, digits)
     x = digits.train[:10]
-    model_trace, guide_trace = trace_pair(vae, x)
+    model_trace, guide_trace = trace_pair(vae.model, vae.guide, x)
     assert guide_trace.nodes["z"]["value"].shape == (10, LATENT_DIM)
     model_trace.compute_log_prob()
     guide_trace.compute_log_prob()
@@ -87,7 +89,7 @@ def test_shapes_and_finite_log_probabilities(role, name, digits):
     assert vae.reconstruct(x).shape == x.shape
     assert vae.sample(4).shape == (4, digits.data_dim)
     assert vae.latent_dim == LATENT_DIM
-    assert torch.isfinite(log_likelihood(vae, x, num_samples=7)).all()
+    assert torch.isfinite(log_likelihood(vae.model, vae.guide, x, num_samples=7)).all()
 
 
 @pytest.mark.parametrize("role,name", CASES)
@@ -98,7 +100,7 @@ def test_training_steps_lower_the_loss(role, name, elbo, digits):
 
     def loss() -> float:
         pyro.set_rng_seed(1)  # the same noise for both evaluations
-        return -evaluate_elbo(vae, x, num_particles=4)["elbo"]
+        return -evaluate_elbo(vae.model, vae.guide, x, num_particles=4)["elbo"]
 
     before = loss()
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 3e-3}), elbo(max_plate_nesting=1))
@@ -121,9 +123,9 @@ def test_config_round_trip(role, name, digits, tmp_path):
     rebuilt.load_state_dict(vae.state_dict())
     x = digits.test
     pyro.set_rng_seed(2)
-    first = evaluate_elbo(vae, x)
+    first = evaluate_elbo(vae.model, vae.guide, x)
     pyro.set_rng_seed(2)
-    assert evaluate_elbo(rebuilt, x) == pytest.approx(first)
+    assert evaluate_elbo(rebuilt.model, rebuilt.guide, x) == pytest.approx(first)
 
 
 @pytest.mark.parametrize("name", LIKELIHOODS.names())
@@ -155,9 +157,9 @@ def test_eight_bit_support_and_discretized_logistic_mass():
 
 def test_unknown_part_names_list_the_registered_ones():
     with pytest.raises(ConfigError, match="model.prior: unknown prior 'vampp'. Did you mean 'vamp'.*normal"):
-        from_dict({"model": {"prior": "vampp"}})
+        check(from_dict({"model": {"prior": "vampp"}}))
     with pytest.raises(ConfigError, match="model.prior.num_pseudo_inputs: .*Did you mean 'num_pseudo'"):
-        from_dict({"model": {"prior": {"name": "vamp", "num_pseudo_inputs": 5}}})
+        check(from_dict({"model": {"prior": {"name": "vamp", "num_pseudo_inputs": 5}}}))
 
 
 def test_vamp_prior_is_the_mean_posterior_at_its_pseudo_inputs(digits):
@@ -219,8 +221,8 @@ def test_correlated_posteriors_beat_the_diagonal_one():
             optimizer.zero_grad()
             (elbo.differentiable_loss(vae.model, vae.guide, x) / len(x)).backward()
             optimizer.step()
-        elbos[posterior] = evaluate_elbo(vae, x, num_particles=200)["elbo"]
-        estimates[posterior] = log_likelihood(vae, x, num_samples=500, batch_size=200).mean().item()
+        elbos[posterior] = evaluate_elbo(vae.model, vae.guide, x, num_particles=200)["elbo"]
+        estimates[posterior] = log_likelihood(vae.model, vae.guide, x, num_samples=500, batch_size=200).mean().item()
     assert elbos["diagonal_normal"] < log_px - 0.9 * mean_field_gap
     for posterior in ("full_normal", "lowrank_normal", "iaf"):
         assert elbos["diagonal_normal"] + 0.5 * mean_field_gap < elbos[posterior] < log_px + 0.05, elbos

@@ -7,7 +7,7 @@ import torch
 
 from ppl_vae.cli import main
 from ppl_vae.config import from_dict
-from ppl_vae.train import fit
+from ppl_vae.runs import fit
 
 QUICK = {"train": {"epochs": 6, "eval_every": 3, "checkpoint_every": 3, "progress": False},
          "model": {"latent_dim": 2}, "optim": {"lr": 0.003}}
@@ -60,7 +60,7 @@ def test_resume_trains_on_from_the_checkpoint(tmp_path):
 
 
 def test_meanfield_and_particles_train(tmp_path):
-    config = from_dict({**QUICK, "objective": {"elbo": "meanfield", "num_particles": 3,
+    config = from_dict({**QUICK, "objective": {"name": "meanfield", "num_particles": 3,
                                                "beta": {"name": "linear", "duration": 3}},
                         "optim": {"name": "adagrad", "lr": 0.05, "weight_decay": 1e-4}})
     run = fit(config)

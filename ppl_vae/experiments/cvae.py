@@ -19,9 +19,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from ppl_vae.cvae import (TASKS, CVAE, Baseline, conditional_log_likelihood, observed_mask,  # noqa: E402
-                          split_pixels, train_baseline, train_cvae)
+from ppl_vae.models.cvae import (TASKS, CVAE, Baseline, observed_mask, split_pixels,  # noqa: E402
+                                 train_baseline, train_cvae)
 from ppl_vae.data import load_dataset  # noqa: E402
+from ppl_vae.evaluation import log_likelihood  # noqa: E402
 from ppl_vae.plots import image_grid  # noqa: E402
 from ppl_vae.train import resolve_device  # noqa: E402
 
@@ -63,8 +64,8 @@ def run_task(task: str, epochs: int, out: Path, num_samples: int, device: torch.
     torch.manual_seed(0)
     results = {
         "baseline_log_likelihood": baseline.log_likelihood(x, y).mean().item(),
-        "cvae_elbo": conditional_log_likelihood(cvae, x, y, num_samples=1),
-        "cvae_log_likelihood": conditional_log_likelihood(cvae, x, y, num_samples=num_samples),
+        "cvae_elbo": log_likelihood(cvae.model, cvae.guide, x, y, num_samples=1).mean().item(),
+        "cvae_log_likelihood": log_likelihood(cvae.model, cvae.guide, x, y, num_samples=num_samples).mean().item(),
         "hidden_pixels": int((~mask).sum()),
     }
     plot_completions(cvae, baseline, dataset.test[:8], mask, dataset.image_shape, out / f"cvae_{task}.png", task)

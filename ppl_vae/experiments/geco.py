@@ -28,7 +28,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from ppl_vae.config import Config, from_dict  # noqa: E402
 from ppl_vae.evaluate import marginal_kl  # noqa: E402
-from ppl_vae.model import VAE  # noqa: E402
+from ppl_vae.models.vae import VAE  # noqa: E402
 from ppl_vae.train import Run, fit  # noqa: E402
 
 EVAL_SIZE = 1000  # test points for the reconstruction error and the marginal KL

@@ -1,28 +1,15 @@
-"""Training objectives: the ELBO estimators, the schedules of the KL weight β, and GECO."""
+"""Schedules of the KL weight β over training (β-VAE, KL annealing), registered by name.
+
+β is applied by the model and the guide (``kl_weight``), so every objective that supports it gives
+loss = -E_q[log p(x|z)] + β·KL; a schedule only says which β each step uses."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Literal
 
-from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
-
-from ppl_vae.config import ObjectiveConfig, PartSpec
 from ppl_vae.errors import ConfigError
-from ppl_vae.geco import GECO
 from ppl_vae.registry import Registry
-
-ELBOS = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
-
-
-def make_elbo(kind: str = "trace", num_particles: int = 1) -> ELBO:
-    """``Trace_ELBO`` (Monte Carlo KL) or ``TraceMeanField_ELBO`` (analytic KL where it exists).
-
-    Several particles are vectorized; the data plate is the only plate (max_plate_nesting=1).
-    """
-    return ELBOS[kind](num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
-
 
 SCHEDULES: Registry = Registry("β schedule")
 
@@ -123,22 +110,3 @@ class Cyclical(Schedule):
     def value_at(self, time: int) -> float:
         phase = (time % self.period) / self.period
         return self.start + (self.end - self.start) * min(phase / self.ratio, 1.0)
-
-
-def build_schedule(spec: PartSpec) -> Schedule:
-    """The schedule of a config's ``objective.beta`` part."""
-    return SCHEDULES.build(spec, "objective.beta")
-
-
-def build_objective(config: ObjectiveConfig) -> ELBO | GECO:
-    """The loss for ``SVI`` that a config's ``objective`` section describes: its ELBO, or GECO
-    wrapped around that ELBO when ``objective.geco`` is set."""
-    elbo = make_elbo(config.elbo, config.num_particles)
-    if config.geco is None:
-        return elbo
-    options = dataclasses.asdict(config.geco)
-    constraint = options.pop("constraint")
-    try:
-        return GECO(elbo, constraint, **options)
-    except ConfigError as error:
-        raise ConfigError(f"objective.geco.{error}") from None

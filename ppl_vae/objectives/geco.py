@@ -11,10 +11,10 @@ moving average of the batch constraint. λ grows while the constraint is violate
 it holds, so the KL is pressed down exactly as far as the constraint allows. Minimizing L/λ is a
 β-VAE with β = 1/λ and the constraint in place of the reconstruction term.
 
-:class:`GECO` is a Pyro loss: ``SVI(model, guide, optim, loss=GECO(Trace_ELBO(), tolerance=0.1))``.
-The KL term is the wrapped ELBO's own estimate (Monte Carlo with ``Trace_ELBO``, analytic with
-``TraceMeanField_ELBO``), computed with the observed sites hidden from it; the constraint is read off
-the observed sites of the same model run, so both terms use the same z.
+:class:`GECO` is the registered objective ``geco`` (config ``objective: {name: geco, tolerance: 0.1}``),
+a wrapper around another objective: the KL term is the wrapped ELBO's own estimate (Monte Carlo with
+``wraps: elbo``, analytic with ``wraps: meanfield``), computed with the observed sites hidden from
+it; the constraint is read off the observed sites of the same model run, so both terms use the same z.
 
 Units: the loss is summed over the batch, as Pyro's ELBO losses are; the logged ``kl`` and
 ``constraint`` are per datapoint (nats for the KL; the constraint's own units, below).
@@ -28,9 +28,10 @@ from typing import Any, Callable, Literal, Union
 import torch
 from pyro import poutine
 from pyro.distributions import Distribution
-from pyro.infer import ELBO
 
 from ppl_vae.errors import ConfigError
+from ppl_vae.objectives.base import OBJECTIVES, Objective
+from ppl_vae.objectives.elbo import check_num_particles, elbo_term_sums
 from ppl_vae.validation import suggest
 
 Constraint = Callable[[torch.Tensor, Distribution, float], torch.Tensor]
@@ -61,15 +62,17 @@ def _is_observed(msg: dict[str, Any]) -> bool:
     return msg["type"] == "sample" and msg.get("is_observed", False)
 
 
-class GECO:
+@OBJECTIVES.register("geco")
+class GECO(Objective):
     """The GECO loss: KL + λ·C with a moving-average constraint and a multiplicative λ update.
 
     Args:
-        elbo: the ELBO whose KL estimator is used (``Trace_ELBO`` or ``TraceMeanField_ELBO``).
+        tolerance: κ, passed to the constraint (units: see the constraint).
         constraint: ``"reconstruction_error"`` (:func:`reconstruction_error`), ``"nll"``
             (:func:`negative_log_likelihood`) or a callable ``(x, p(x|z), tolerance) -> C``
             giving one value per datapoint (the batch shape of p(x|z)); C <= 0 means satisfied.
-        tolerance: κ, passed to the constraint (units: see the constraint).
+        wraps: the objective whose KL estimator is used: ``elbo`` (``Trace_ELBO``) or ``meanfield``
+            (``TraceMeanField_ELBO``), with ``num_particles`` samples per datapoint.
         alpha: the moving-average weight α in C_ma <- α·C_ma + (1-α)·C_batch.
         rate: ν in λ <- λ·exp(ν·C_ma), in 1/(units of C); choose it so that ν·|C| is small.
         lambda_init, lambda_min, lambda_max: the first λ and the range λ is clamped to.
@@ -79,14 +82,22 @@ class GECO:
     KL + λ·(C + stopgrad(C_ma - C)) and then moves λ for the next step. Calls under
     ``torch.no_grad()`` (``SVI.evaluate_loss``) leave the state alone. The state (``lam``,
     ``c_ma``, ``step``) and the per-step log ``history`` are saved by :meth:`state_dict`.
+    Terms: the wrapped ELBO's ``elbo``, ``reconstruction`` and ``kl``, and ``constraint`` (C).
     """
+
+    supports_beta = False  # λ weighs the KL against the constraint
+    status_panels = {
+        "geco_lambda": ("GECO λ (constraint weight)", "log"),
+        "geco_c_ma": ("GECO C_ma (constraint; <= 0 is met)", "linear"),
+    }
 
     def __init__(
         self,
-        elbo: ELBO,
-        constraint: Union[Literal["reconstruction_error", "nll"], Constraint] = "reconstruction_error",
         *,
         tolerance: float,
+        constraint: Union[Literal["reconstruction_error", "nll"], Constraint] = "reconstruction_error",
+        wraps: Literal["elbo", "meanfield"] = "elbo",
+        num_particles: int = 1,
         alpha: float = 0.99,
         rate: float = 1e-3,
         lambda_init: float = 1.0,
@@ -94,6 +105,7 @@ class GECO:
         lambda_max: float = 1e6,
         warmup: int = 0,
     ) -> None:
+        super().__init__()
         if isinstance(constraint, str):
             if constraint not in CONSTRAINTS:
                 raise ConfigError(f"constraint: unknown constraint {constraint!r}.{suggest(constraint, list(CONSTRAINTS))} "
@@ -102,6 +114,9 @@ class GECO:
             if constraint == "reconstruction_error" and tolerance <= 0:
                 raise ConfigError(f"tolerance: the reconstruction error tolerance κ must be > 0, got {tolerance}.")
             constraint = CONSTRAINTS[constraint]
+        if wraps not in ("elbo", "meanfield"):
+            raise ConfigError(f"wraps: GECO needs the KL estimator of 'elbo' or 'meanfield', got {wraps!r}.")
+        check_num_particles(num_particles)
         if not 0 <= alpha < 1:
             raise ConfigError(f"alpha: the moving-average weight must be in [0, 1), got {alpha}.")
         if rate <= 0:
@@ -113,7 +128,7 @@ class GECO:
             )
         if warmup < 0:
             raise ConfigError(f"warmup: must be >= 0 steps, got {warmup}.")
-        self.elbo = elbo
+        self.wrapped = OBJECTIVES.get(wraps)(num_particles=num_particles)
         self.constraint = constraint
         self.tolerance = tolerance
         self.alpha, self.rate, self.warmup = alpha, rate, warmup
@@ -125,10 +140,10 @@ class GECO:
 
     def __call__(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The differentiable loss KL + λ·C of one batch, summed over the batch (a Pyro loss)."""
-        recorder = poutine.trace(model)
-        kl = self.elbo.differentiable_loss(poutine.block(recorder, hide_fn=_is_observed), guide, *args, **kwargs)
+        model, guide = poutine.trace(model), poutine.trace(guide)
+        kl = self.wrapped.elbo.differentiable_loss(poutine.block(model, hide_fn=_is_observed), guide, *args, **kwargs)
         constraints = [self.constraint(site["value"], site["fn"], self.tolerance)
-                       for site in recorder.trace.nodes.values() if _is_observed(site)]
+                       for site in model.trace.nodes.values() if _is_observed(site)]
         if not constraints:
             raise ValueError("GECO: the model has no observed sample site to constrain.")
         per_datapoint = sum(constraints)
@@ -139,6 +154,8 @@ class GECO:
         # straight-through: the value is C_ma, the gradient that of the current batch
         constraint = c_batch + (c_ma - c_batch).detach()
         loss = kl + self.lam * batch_size * constraint
+        self._terms = {**elbo_term_sums(model.trace, guide.trace, self.wrapped.analytic_kl),
+                       "constraint": c_batch.detach() * batch_size}
         if torch.is_grad_enabled():
             self._advance(c_ma, c_batch_value, kl.item() / batch_size)
         return loss
@@ -157,6 +174,10 @@ class GECO:
         """λ, C_ma, the step count and the per-step history, for a checkpoint."""
         return {"lambda": self.lam, "c_ma": self.c_ma, "step": self.step,
                 "history": {name: list(values) for name, values in self.history.items()}}
+
+    def status(self) -> dict[str, float]:
+        """λ and C_ma (None before the first step) after the last step."""
+        return {"geco_lambda": self.lam, "geco_c_ma": self.c_ma}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.lam, self.c_ma, self.step = state["lambda"], state["c_ma"], state["step"]

@@ -4,8 +4,7 @@ Every dataset is loaded whole into memory (the largest, MNIST, is 220 MB as floa
 slicing, which is much faster than a ``DataLoader`` for data this small. Images are flattened to
 ``(N, height * width)`` float32 rows with values in [0, 1].
 
-Files are looked up in the data folder (see :func:`data_dir`), checked against SHA256 hashes on
-every load and, when missing, downloaded from their canonical URLs::
+Files are read through :mod:`ppl_vae.data.files` (SHA256-checked, downloaded when missing)::
 
     dataset = load_dataset("mnist-binarized", device="cuda")
     generator = torch.Generator().manual_seed(0)
@@ -15,31 +14,22 @@ every load and, when missing, downloaded from their canonical URLs::
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import hashlib
 import os
-import tempfile
-import urllib.request
 import zipfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import scipy.io
 import sklearn.datasets
 import torch
-from tqdm.auto import tqdm
 
-from ppl_vae.errors import ConfigError, DataError
+from ppl_vae.data.batching import sample_binary
+from ppl_vae.data.files import (DELETE_CORRUPTED, DISCARDED_DOWNLOAD, DataFile, check_array_sha256, data_dir,
+                                downloaded, fetch, temporary_file)
+from ppl_vae.errors import DataError
 from ppl_vae.registry import Registry
-
-DATA_DIR_ENV = "PPL_VAE_DATA"
-DEFAULT_DATA_DIR = Path("~/.cache/ppl_vae")
-USER_AGENT = "ppl_vae dataset downloader (Python urllib)"
-DOWNLOAD_TIMEOUT_S = 60.0
-DOWNLOAD_CHUNK_BYTES = 1 << 20
 
 MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -62,11 +52,6 @@ FIXED_BINARIZED_MNIST_SHA256 = {
     "test": "ca0294c3b8d984c7a1dc891015a8eea6f37bae59a34e35ea0fc8c47110a8dd86",
 }
 SPLITS = ("train", "valid", "test")
-DELETE_CORRUPTED = (
-    "The file is corrupted or not the right one: delete it and load again to re-download it "
-    "(or replace it with a good copy)."
-)
-DISCARDED_DOWNLOAD = "The download was corrupted and has been discarded; try again later."
 
 
 @dataclass
@@ -123,13 +108,6 @@ class Dataset:
 DATASETS: Registry[Dataset] = Registry("dataset")
 
 
-def data_dir(explicit: str | os.PathLike | None = None) -> Path:
-    """The folder datasets are read from: ``explicit`` if given, else $PPL_VAE_DATA, else
-    ~/.cache/ppl_vae."""
-    folder = explicit or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
-    return Path(folder).expanduser()
-
-
 _find_data_dir = data_dir  # load_dataset's ``data_dir`` argument hides the function
 
 
@@ -147,41 +125,6 @@ def load_dataset(
     loader = DATASETS.get(name, key="data.name")
     dataset = check_dataset(loader(_find_data_dir(data_dir), download))
     return dataset.to(device)
-
-
-def batches(
-    x: torch.Tensor,
-    batch_size: int,
-    generator: torch.Generator,
-    shuffle: bool = True,
-    binarize: bool = False,
-    drop_last: bool = False,
-) -> Iterator[torch.Tensor]:
-    """One epoch of minibatches of the rows of ``x``, on ``x``'s device.
-
-    With ``shuffle`` the rows come in a random order drawn from ``generator``; with ``binarize``
-    each batch is replaced by Bernoulli draws with the pixel values as probabilities (dynamic
-    binarization, Burda et al. 2015). The batches depend only on ``generator``'s state, whichever
-    device ``x`` is on.
-    """
-    if batch_size < 1:
-        raise ConfigError(f"data.batch_size: must be a positive integer, got {batch_size}.")
-    num_rows = x.shape[0]
-    order = None
-    if shuffle:
-        order = torch.randperm(num_rows, generator=generator, device=generator.device).to(x.device)
-    stop = num_rows - num_rows % batch_size if drop_last else num_rows
-    for start in range(0, stop, batch_size):
-        rows = slice(start, start + batch_size)
-        batch = x[rows] if order is None else x[order[rows]]
-        yield sample_binary(batch, generator) if binarize else batch
-
-
-def sample_binary(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Bernoulli(probs) draws, as 0./1. of ``probs``' dtype, from uniforms drawn on the
-    generator's device, so that CPU and CUDA give the same draws."""
-    uniforms = torch.rand(probs.shape, generator=generator, device=generator.device)
-    return (uniforms.to(probs.device) < probs).to(probs.dtype)
 
 
 # -- the datasets --------------------------------------------------------------------------------
@@ -236,7 +179,7 @@ def load_mnist_fixed(data_dir: Path, download: bool = True) -> Dataset:
 
     Read from ``binarized_mnist.npz``; each array is checked against the SHA256 of its bytes.
     """
-    (path,) = _fetch([FIXED_BINARIZED_MNIST], data_dir, download)
+    (path,) = fetch([FIXED_BINARIZED_MNIST], data_dir, download)
     try:
         with np.load(path) as arrays:
             splits = {split: arrays[split] for split in SPLITS}
@@ -246,7 +189,7 @@ def load_mnist_fixed(data_dir: Path, download: bool = True) -> Dataset:
             + DELETE_CORRUPTED
         ) from error
     for split, array in splits.items():
-        _check_array_sha256(array, FIXED_BINARIZED_MNIST_SHA256[split], f"{path} (array {split!r})")
+        check_array_sha256(array, FIXED_BINARIZED_MNIST_SHA256[split], f"{path} (array {split!r})")
     return Dataset(
         name="mnist-fixed",
         **{split: torch.from_numpy(array.astype(np.float32)) for split, array in splits.items()},
@@ -262,7 +205,7 @@ def load_frey(data_dir: Path, download: bool = True) -> Dataset:
     Split: the first 1765 frames are the training set and the last 200 the test set. Neighbouring
     frames are near-duplicates, so a random split would leak test faces into training. Unlabelled.
     """
-    (path,) = _fetch([FREY_FACE], data_dir, download)
+    (path,) = fetch([FREY_FACE], data_dir, download)
     faces = scipy.io.loadmat(path)["ff"].T.reshape(-1, *FREY_SHAPE)
     pixels = _unit_rows(faces, scale=255)
     return Dataset(
@@ -298,7 +241,7 @@ def load_mixture2d(data_dir: Path, download: bool = True) -> Dataset:
 
 def _load_mnist_files(name: str, folder: Path, download: bool) -> Dataset:
     """MNIST from the four IDX files: grayscale pixels / 255, official split, labels."""
-    paths = dict(zip(MNIST_FILES, _fetch(list(MNIST_FILES.values()), folder, download)))
+    paths = dict(zip(MNIST_FILES, fetch(list(MNIST_FILES.values()), folder, download)))
     return Dataset(
         name=name,
         train=_unit_rows(_read_idx(paths["train-images"], ndim=3), scale=255),
@@ -371,30 +314,6 @@ def _check_split(dataset: Dataset, split: str) -> None:
         )
 
 
-# -- files: lookup, integrity, download ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DataFile:
-    """A file the loaders read: its path under the data folder and where to get it.
-
-    Either ``sha256`` is the hash of the file and ``urls`` are mirrors of it, tried in order; or
-    ``assemble(path)`` makes the file from all of ``urls`` and checks what it wrote, and the loader
-    checks the contents of the file on every load.
-    """
-
-    relpath: str
-    urls: tuple[str, ...]
-    sha256: str | None = None
-    assemble: Callable[[Path], None] | None = None
-
-    def sources(self) -> str:
-        """Where the file comes from, for error messages."""
-        if self.assemble:
-            return "made from " + ", ".join(self.urls)
-        return "download from " + " or ".join(self.urls)
-
-
 def _mnist_file(name: str, sha256: str) -> DataFile:
     return DataFile(f"mnist/{name}", tuple(mirror + name for mirror in MNIST_MIRRORS), sha256)
 
@@ -430,11 +349,11 @@ def _assemble_fixed_binarized_mnist(path: Path) -> None:
     arrays = {}
     for split in SPLITS:
         url = FIXED_BINARIZED_MNIST_URL.format(split=split)
-        with _downloaded(url, path.parent) as part:
+        with downloaded(url, path.parent) as part:
             arrays[split] = np.loadtxt(part, dtype=np.uint8, ndmin=2)
         expected = FIXED_BINARIZED_MNIST_SHA256[split]
-        _check_array_sha256(arrays[split], expected, url, fix=DISCARDED_DOWNLOAD)
-    with _temporary_file(path.parent) as part:
+        check_array_sha256(arrays[split], expected, url, fix=DISCARDED_DOWNLOAD)
+    with temporary_file(path.parent) as part:
         with part.open("wb") as file:
             np.savez_compressed(file, **arrays)
         os.replace(part, path)
@@ -447,110 +366,10 @@ FIXED_BINARIZED_MNIST = DataFile(
 )
 
 
-def _fetch(files: list[DataFile], folder: Path, download: bool) -> list[Path]:
-    """The paths of ``files`` in ``folder``, downloading missing ones if ``download``, each checked
-    against its SHA256. One DataError lists every file still missing."""
-    paths = [folder / file.relpath for file in files]
-    failures = []
-    for file, path in zip(files, paths):
-        if download and not path.exists():
-            try:
-                _download(file, path)
-            except (OSError, DataError) as error:
-                failures.append(f"{path.name}: {error}")
-    missing = [(file, path) for file, path in zip(files, paths) if not path.exists()]
-    if missing:
-        raise DataError(_missing_files_message(missing, folder, download, failures))
-    for file, path in zip(files, paths):
-        if file.sha256:
-            _check_file_sha256(path, file.sha256)
-    return paths
-
-
-def _missing_files_message(
-    missing: list[tuple[DataFile, Path]], folder: Path, download: bool, failures: list[str]
-) -> str:
-    lines = [f"Missing dataset files in {folder}:"]
-    lines += [f"  {path}\n    ({file.sources()})" for file, path in missing]
-    if download:
-        lines.append("Downloading them failed:")
-        lines += [f"  {failure}" for failure in failures]
-    else:
-        lines.append("Downloading is off (download=False).")
-    lines.append(
-        "Put the files at those paths, "
-        "or set PPL_VAE_DATA / pass --data-dir to a folder that holds them."
-    )
-    return "\n".join(lines)
-
-
-def _download(file: DataFile, path: Path) -> None:
-    """Put ``file`` at ``path``, from the first of its URLs that serves the right bytes.
-
-    Raises OSError (network) or DataError (wrong bytes), listing every URL tried; on failure
-    nothing is left at ``path``.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if file.assemble:
-        file.assemble(path)
-        return
-    failures = []
-    for url in file.urls:
-        try:
-            with _downloaded(url, path.parent) as part:
-                _check_file_sha256(part, file.sha256, shown_as=url, fix=DISCARDED_DOWNLOAD)
-                os.replace(part, path)
-            return
-        except (OSError, DataError) as error:
-            failures.append(f"{url}: {error}")
-    raise OSError("; ".join(failures))
-
-
-@contextlib.contextmanager
-def _downloaded(url: str, folder: Path) -> Iterator[Path]:
-    """Download ``url`` to a temporary file in ``folder``, deleted on exit unless moved away."""
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    with _temporary_file(folder) as part:
-        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            size = int(response.headers.get("Content-Length") or 0) or None
-            name = url.rsplit("/", 1)[-1]
-            with part.open("wb") as file, tqdm(
-                total=size, unit="B", unit_scale=True, desc=name, leave=False
-            ) as progress:
-                while chunk := response.read(DOWNLOAD_CHUNK_BYTES):
-                    file.write(chunk)
-                    progress.update(len(chunk))
-        yield part
-
-
-@contextlib.contextmanager
-def _temporary_file(folder: Path) -> Iterator[Path]:
-    """A new empty file in ``folder`` (so that ``os.replace`` into it is atomic), deleted on exit
-    unless moved away."""
-    handle, name = tempfile.mkstemp(dir=folder, prefix=".ppl_vae-", suffix=".part")
-    os.close(handle)
-    try:
-        yield Path(name)
-    finally:
-        Path(name).unlink(missing_ok=True)
-
-
-def _check_file_sha256(
-    path: Path, expected: str, shown_as: str | None = None, fix: str = DELETE_CORRUPTED
-) -> None:
-    with path.open("rb") as file:
-        actual = hashlib.file_digest(file, "sha256").hexdigest()
-    if actual != expected:
-        raise DataError(f"{shown_as or path}: SHA256 {actual}, expected {expected}. {fix}")
-
-
-def _check_array_sha256(
-    array: np.ndarray, expected: str, shown_as: str, fix: str = DELETE_CORRUPTED
-) -> None:
-    """Check the SHA256 of a uint8 array's bytes in C order."""
-    actual = hashlib.sha256(np.ascontiguousarray(array, dtype=np.uint8)).hexdigest()
-    if array.dtype != np.uint8 or actual != expected:
-        raise DataError(
-            f"{shown_as}, {array.dtype} array of shape {array.shape}: "
-            f"SHA256 {actual}, expected {expected}. {fix}"
-        )
+def evaluation_split(dataset: Dataset, split: str) -> torch.Tensor:
+    """The data of a split as the model sees it when evaluated: dynamically binarized data is
+    binarized once with a fixed seed, so that evaluations are comparable between epochs and runs."""
+    x, _ = dataset.split(split)
+    if dataset.dynamic_binarization and split == "train":
+        x = sample_binary(x, torch.Generator().manual_seed(SPLIT_SEED))
+    return x

@@ -6,11 +6,14 @@ CVAE example): given the observed pixels x of an image, model the hidden pixels 
 A deterministic baseline network predicts y from x (its mean prediction blurs the possible
 completions together); the CVAE's prior network starts from the baseline's prediction, as in
 Pyro's example, and each draw of z gives one sharp completion. Pixels are binary (Bernoulli).
+
+log p(y | x) is importance-sampled by the generic evaluation, with the guide as proposal:
+``ppl_vae.evaluation.log_likelihood(cvae.model, cvae.guide, x, y, num_samples=K)``, that is
+log (1/K) Σ_k p(y | z_k, x) p(z_k | x) / q(z_k | x, y), z_k ~ q(z | x, y): a lower bound in expectation
+that tightens as K grows; K = 1 is the ELBO.
 """
 
 from __future__ import annotations
-
-import math
 
 import pyro
 import pyro.distributions as dist
@@ -22,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ppl_vae.data import Dataset, batches
 from ppl_vae.errors import ConfigError
-from ppl_vae.nets import mlp
+from ppl_vae.parts.nets import mlp
 
 TASKS = ("right_half", "quadrant")
 
@@ -107,22 +110,6 @@ class CVAE(nn.Module):
         """E[y | z, x] for ``num_samples`` draws z ~ p(z | x): shape (num_samples, batch, num_hidden)."""
         z = self.prior(x).sample((num_samples,))
         return self.likelihood(z, x).mean
-
-
-@torch.no_grad()
-def conditional_log_likelihood(cvae: CVAE, x: torch.Tensor, y: torch.Tensor, num_samples: int = 100,
-                               batch_size: int = 500) -> float:
-    """Importance-sampled log p(y | x), nats per datapoint (averaged over the rows of ``x``):
-    log (1/K) sum_k p(y | z_k, x) p(z_k | x) / q(z_k | x, y), z_k ~ q(z | x, y). A lower bound in
-    expectation that tightens as K grows; K = 1 is the ELBO."""
-    total = 0.0
-    for start in range(0, x.shape[0], batch_size):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-        guide = cvae.recognition(xb, yb)
-        z = guide.sample((num_samples,))
-        log_weights = cvae.likelihood(z, xb).log_prob(yb) + cvae.prior(xb).log_prob(z) - guide.log_prob(z)
-        total += (torch.logsumexp(log_weights, dim=0) - math.log(num_samples)).sum().item()
-    return total / x.shape[0]
 
 
 def split_pixels(images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

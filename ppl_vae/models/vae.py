@@ -1,4 +1,4 @@
-"""The VAE as a Pyro model and guide, built from registered parts."""
+"""The VAE as a Pyro model and guide over registered parts (built from a config by :mod:`ppl_vae.build`)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,6 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from ppl_vae.config import ModelConfig, PartSpec
-from ppl_vae.guides import POSTERIORS
-from ppl_vae.likelihoods import LIKELIHOODS
-from ppl_vae.nets import NETS
-from ppl_vae.priors import PRIORS, EncoderPrior
 
 
 def kl_weight_scale(kl_weight: float) -> AbstractContextManager:
@@ -93,26 +88,3 @@ class VAE(nn.Module):
     @property
     def latent_dim(self) -> int:
         return self.prior().event_shape[0]
-
-
-def build_vae(config: ModelConfig, data_dim: int, image_shape: tuple[int, int] | None = None) -> VAE:
-    """Build a VAE from its config section for data of ``data_dim`` numbers per datapoint.
-
-    Networks that take an ``image_shape`` option get the dataset's ``image_shape`` unless the config
-    sets one; a prior defined through the encoder (VampPrior) is handed the VAE's encoder."""
-    prior = PRIORS.build(config.prior, "model.prior", config.latent_dim)
-    posterior = POSTERIORS.build(config.posterior, "model.posterior", config.latent_dim)
-    likelihood = LIKELIHOODS.build(config.likelihood, "model.likelihood", data_dim)
-    encoder = _build_net(config.encoder, "model.encoder", image_shape, data_dim, posterior.num_params)
-    decoder = _build_net(config.decoder, "model.decoder", image_shape, config.latent_dim, likelihood.num_params)
-    vae = VAE(encoder, decoder, prior, posterior, likelihood)
-    if isinstance(prior, EncoderPrior):
-        prior.use_encoder(vae.encode, data_dim)
-    return vae
-
-
-def _build_net(spec: PartSpec, key: str, image_shape: tuple[int, int] | None, *sizes: int) -> nn.Module:
-    """Build a network, filling its ``image_shape`` option from the data if it has one and it is unset."""
-    if image_shape is not None and "image_shape" in NETS.options(spec.name) and "image_shape" not in spec.options:
-        spec = PartSpec(spec.name, {**spec.options, "image_shape": list(image_shape)})
-    return NETS.build(spec, key, *sizes)

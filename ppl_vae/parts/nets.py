@@ -2,7 +2,7 @@
 
 A network factory takes ``in_features`` and ``out_features`` (filled in by the VAE from the data,
 latent and part sizes) and keyword-only options that the config sets. Networks for images also take
-an ``image_shape`` option, which :func:`~ppl_vae.model.build_vae` fills from the dataset.
+an ``image_shape`` option, which :func:`~ppl_vae.models.vae.build_vae` fills from the dataset.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def conv_encoder(
 ) -> ConvEncoder:
     """A small convolutional encoder for grayscale images (28x28 MNIST, 28x20 Frey, 8x8 digits).
 
-    ``image_shape`` (height, width) is filled by :func:`~ppl_vae.model.build_vae` from the dataset."""
+    ``image_shape`` (height, width) is filled by :func:`~ppl_vae.models.vae.build_vae` from the dataset."""
     shape = _check_image_shape(image_shape, in_features, "conv_encoder")
     return ConvEncoder(shape, out_features, list(channels), hidden, ACTIVATIONS[activation])
 

@@ -1,0 +1,131 @@
+"""Importance-sampled log-likelihood with the guide as proposal (Burda et al. 2015), and the
+diagnostics of its weights (effective sample size, PSIS Pareto k̂).
+
+For data d (x for a VAE; y given x for a conditional model) and latents z:
+log p(d) ≈ log (1/K) Σ_k p(d, z_k) / q(z_k|d), z_k ~ q(z|d), one value per datapoint. The
+log-weights are read off vectorized model and guide traces (:func:`~ppl_vae.objectives.traces.log_weights`),
+so the estimator works for every model and guide whose latents are local to the data plate;
+unlike Pyro's ``Importance``, it keeps the data plate.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ppl_vae.errors import EvaluationError
+from ppl_vae.evaluation.inputs import chunks, count_datapoints
+from ppl_vae.evaluation.plates import plate_layout
+from ppl_vae.objectives.traces import log_weights
+
+PSIS_KHAT_THRESHOLD = 0.7  # ArviZ's guidance: above it, the importance-sampling estimate is unreliable
+
+
+@dataclass
+class ImportanceEstimate:
+    """Per-datapoint results of importance sampling with ``num_samples`` draws from the guide.
+
+    ``log_likelihood``: log p(x) estimates (nats); ``elbo``: the mean log-weight, a K-sample ELBO
+    estimate (nats, <= log_likelihood); ``ess``: effective sample size (Σw)²/Σw², between 1 and
+    K; ``khat``: PSIS Pareto k̂ (ArviZ ``psislw``), or None when not computed.
+    """
+
+    log_likelihood: torch.Tensor
+    elbo: torch.Tensor
+    ess: torch.Tensor
+    khat: torch.Tensor | None
+    num_samples: int
+
+    def bits_per_dim(self, data_dim: int) -> float:
+        """Mean -log p(x) in bits per data dimension: NLL / (data_dim · ln 2)."""
+        return -self.log_likelihood.mean().item() / (data_dim * math.log(2))
+
+
+def psis_khat(weights: torch.Tensor) -> torch.Tensor:
+    """PSIS Pareto k̂ of each column of log-weights (num_samples, datapoints), by ArviZ.
+
+    k̂ is inf where the tail is too short to fit (fewer than about 25 samples, or equal weights)."""
+    import arviz as az  # imported when used: it is slow to import and warns about its coming 1.0
+
+    _, khat = az.psislw(weights.T.double().cpu().numpy())
+    return torch.as_tensor(np.asarray(khat), dtype=weights.dtype)
+
+
+@torch.no_grad()
+def importance_sample(
+    model: Callable,
+    guide: Callable,
+    *data: torch.Tensor,
+    num_samples: int = 5000,
+    batch_size: int = 100,
+    particle_batch_size: int = 100,
+    psis: bool = True,
+    progress: bool = False,
+) -> ImportanceEstimate:
+    """Importance-sample the log-likelihood of every datapoint of ``data``, with diagnostics from
+    the same log-weights.
+
+    Memory is bounded by chunking: ``batch_size`` datapoints at a time, their ``num_samples``
+    particles drawn ``particle_batch_size`` at a time; only the (num_samples, batch_size)
+    log-weights of one chunk of datapoints are held. With ``psis``, warns when any k̂ > 0.7.
+    """
+    if num_samples < 1 or batch_size < 1 or particle_batch_size < 1:
+        raise EvaluationError(
+            f"num_samples, batch_size and particle_batch_size must be >= 1, got {num_samples}, {batch_size} and "
+            f"{particle_batch_size}."
+        )
+    layout = plate_layout(model, guide, *data)
+    results: dict[str, list[torch.Tensor]] = {"log_likelihood": [], "elbo": [], "ess": [], "khat": []}
+    with tqdm(total=count_datapoints(data), unit="datapoint", disable=not progress, dynamic_ncols=True) as bar:
+        for chunk in chunks(data, batch_size):
+            weights = torch.cat([
+                log_weights(model, guide, *chunk, num_particles=min(particle_batch_size, num_samples - first),
+                            layout=layout)
+                for first in range(0, num_samples, particle_batch_size)
+            ])
+            normalizer = torch.logsumexp(weights, dim=0)
+            results["log_likelihood"].append(normalizer - math.log(num_samples))
+            results["elbo"].append(weights.mean(0))
+            results["ess"].append(torch.exp(2 * normalizer - torch.logsumexp(2 * weights, dim=0)))  # (Σw)²/Σw²
+            if psis:
+                results["khat"].append(psis_khat(weights))
+            bar.update(weights.shape[1])
+    khat = torch.cat(results["khat"]) if psis else None
+    if khat is not None and bool((khat > PSIS_KHAT_THRESHOLD).any()):
+        unreliable = int((khat > PSIS_KHAT_THRESHOLD).sum())
+        warnings.warn(
+            f"PSIS k̂ > {PSIS_KHAT_THRESHOLD} for {unreliable} of {len(khat)} datapoints "
+            f"(max {khat.max().item():.2f}): the guide is a poor proposal there and their log-likelihood estimates"
+            " may be far too low; use more samples or a better guide (k̂ = inf: too few samples to fit the tail).",
+            stacklevel=3,  # the caller of importance_sample, past torch.no_grad's wrapper
+        )
+    return ImportanceEstimate(
+        log_likelihood=torch.cat(results["log_likelihood"]),
+        elbo=torch.cat(results["elbo"]),
+        ess=torch.cat(results["ess"]),
+        khat=khat,
+        num_samples=num_samples,
+    )
+
+
+def log_likelihood(
+    model: Callable,
+    guide: Callable,
+    *data: torch.Tensor,
+    num_samples: int = 5000,
+    batch_size: int = 100,
+    particle_batch_size: int = 100,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Importance-sampled log-likelihood in nats, one value per datapoint (see :func:`importance_sample`):
+    log p(x) for ``vae.model, vae.guide, x``, log p(y|x) for ``cvae.model, cvae.guide, x, y``."""
+    return importance_sample(
+        model, guide, *data, num_samples=num_samples, batch_size=batch_size,
+        particle_batch_size=particle_batch_size, psis=False, progress=progress,
+    ).log_likelihood

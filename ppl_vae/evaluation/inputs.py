@@ -1,0 +1,29 @@
+"""The per-datapoint tensors every evaluation takes after its model and guide (``*data``): how many
+datapoints they hold, and the same rows of each, a chunk at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from ppl_vae.errors import EvaluationError
+
+
+def count_datapoints(data: tuple[torch.Tensor, ...]) -> int:
+    """The number of datapoints: the length of the first dimension, which every tensor must share."""
+    lengths = [tensor.shape[0] for tensor in data]
+    if len(set(lengths)) != 1 or lengths[0] == 0:
+        raise EvaluationError(
+            "evaluation needs one or more per-datapoint tensors of the same length (their first dimension, at "
+            f"least 1), got lengths {lengths}."
+        )
+    return lengths[0]
+
+
+def chunks(data: tuple[torch.Tensor, ...], batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    """The data ``batch_size`` datapoints at a time: every tensor sliced alike along its first dimension."""
+    if batch_size < 1:
+        raise EvaluationError(f"batch_size must be >= 1, got {batch_size}.")
+    for start in range(0, count_datapoints(data), batch_size):
+        yield tuple(tensor[start : start + batch_size] for tensor in data)

@@ -1,0 +1,177 @@
+"""What happens around the training loop's steps, one job per callback: the progress bar, the stop on
+a non-finite loss or gradient, the per-epoch evaluation, checkpoints, and Ctrl-C.
+
+A callback is told ``on_train_start``, ``on_step`` (after every SVI step, with its loss),
+``on_epoch_end`` (after the epoch's history record is appended; callbacks may add to it) and
+``close`` (always, also when training stops on an error). Callbacks run in the order given, so an
+evaluation's numbers are in the record before a checkpoint saves it.
+
+Faults lose no run: a NaN or Inf loss or gradient stops training at its step with a
+:class:`~ppl_vae.errors.TrainingError`, before any checkpoint could hold it. Ctrl-C stops training
+after the step in progress and checkpoints the exact position, mid-epoch included.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ppl_vae.errors import TrainingError, TrainingInterrupted
+
+if TYPE_CHECKING:
+    from ppl_vae.training.loop import TrainingState
+
+PROGRESS_EVERY = 20  # steps between progress-bar postfix updates (each reads the terms off the device)
+
+
+class Callback:
+    """Base class: every hook does nothing."""
+
+    def on_train_start(self, state: TrainingState) -> None:
+        """Before the first step of this session."""
+
+    def on_step(self, state: TrainingState, loss: float) -> None:
+        """After every SVI step."""
+
+    def on_epoch_end(self, state: TrainingState) -> None:
+        """After each epoch; ``state.history[-1]`` is its record."""
+
+    def close(self) -> None:
+        """When training ends, normally or not."""
+
+
+def _due(epoch: int, every: int, epochs: int) -> bool:
+    return epoch % every == 0 or epoch == epochs
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over all steps, showing the epoch, β, the epoch's mean terms (``bound`` first) and
+    the objective's status."""
+
+    def __init__(self, total_steps: int, bound: str, status: Callable[[], dict[str, Any]], enabled: bool = True,
+                 steps_per_epoch: int | None = None) -> None:
+        self.total_steps, self.bound, self.status, self.enabled = total_steps, bound, status, enabled
+        self.steps_per_epoch = steps_per_epoch
+        self.bar: tqdm | None = None
+
+    def on_train_start(self, state: TrainingState) -> None:
+        self.bar = tqdm(total=self.total_steps, initial=state.step, disable=not self.enabled, unit="step",
+                        dynamic_ncols=True)
+
+    def on_step(self, state: TrainingState, loss: float) -> None:
+        self.bar.update()
+        if self.enabled and (state.step % PROGRESS_EVERY == 0 or state.epoch_step == self.steps_per_epoch):
+            means = state.epoch_means()
+            ordered = {self.bound: means.pop(self.bound, None), **means} if self.bound in means else means
+            status = {name: f"{value:.3g}" for name, value in self.status().items() if value is not None}
+            self.bar.set_postfix(epoch=state.epoch + 1, **{name: f"{value:.2f}" for name, value in ordered.items()},
+                                 beta=f"{state.beta:.3g}", **status, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class NonFiniteGuard(Callback):
+    """Stop at the step where the loss, or a gradient, stopped being finite.
+
+    SVI zeroes the gradients after its update, so a NaN or Inf gradient is caught by its trace: the
+    parameters it made non-finite (Adam and Adagrad turn an Inf gradient into a NaN update)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def on_step(self, state: TrainingState, loss: float) -> None:
+        where = f"at step {state.step} (epoch {state.epoch + 1}, batch {state.epoch_step})"
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"the loss became {loss} {where}. Likely causes: a learning rate too high (lower optim.lr), "
+                "exploding activations (set optim.clip_norm, e.g. 10) or a likelihood that does not fit the "
+                "data. Training stopped; the last checkpoint is kept intact."
+            )
+        with torch.no_grad():  # one sum of sums: a NaN or Inf anywhere makes it non-finite
+            total = torch.stack([parameter.sum() for parameter in self.module.parameters()]).sum().item()
+        broken = [] if math.isfinite(total) else [
+            name for name, parameter in self.module.named_parameters() if not bool(parameter.isfinite().all())
+        ]  # empty if the sum only overflowed
+        if broken:
+            raise TrainingError(
+                f"a gradient became NaN or Inf {where}: the loss was finite ({loss:.6g}) but the update made "
+                f"{', '.join(broken)} non-finite. Likely cause: exploding gradients; set optim.clip_norm "
+                "(e.g. 10) or lower optim.lr. Training stopped; the last checkpoint is kept intact."
+            )
+
+
+class EpochEvaluation(Callback):
+    """Every ``every`` epochs (and at the last), add ``test_<name>`` for each number ``evaluate()``
+    returns to the epoch's record."""
+
+    def __init__(self, evaluate: Callable[[], dict[str, float]], every: int, epochs: int) -> None:
+        self.evaluate, self.every, self.epochs = evaluate, every, epochs
+
+    def on_epoch_end(self, state: TrainingState) -> None:
+        if _due(state.epoch, self.every, self.epochs):
+            state.history[-1].update({f"test_{name}": value for name, value in self.evaluate().items()})
+
+
+class Checkpointing(Callback):
+    """Every ``every`` epochs (and at the last), ``save(state)``."""
+
+    def __init__(self, save: Callable[[TrainingState], Path], every: int, epochs: int) -> None:
+        self.save, self.every, self.epochs = save, every, epochs
+
+    def on_epoch_end(self, state: TrainingState) -> None:
+        if _due(state.epoch, self.every, self.epochs):
+            self.save(state)
+
+
+class InterruptHandler(Callback):
+    """The first Ctrl-C (SIGINT) only asks training to stop: after the step in progress the state is
+    saved with ``save`` (if given) and :class:`~ppl_vae.errors.TrainingInterrupted` is raised. A second
+    Ctrl-C interrupts at once. Outside the main thread (where Python cannot handle signals) Ctrl-C keeps
+    its usual effect."""
+
+    def __init__(self, save: Callable[[TrainingState], Path] | None, resume_hint: str = "") -> None:
+        self.save, self.resume_hint = save, resume_hint
+        self.requested = False
+        self.previous: Any = None
+
+    def on_train_start(self, state: TrainingState) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nppl-vae: Ctrl-C: saving a checkpoint after this step (press Ctrl-C again to stop at once)",
+              file=sys.stderr)
+
+    def on_step(self, state: TrainingState, loss: float) -> None:
+        self._stop_if_requested(state)
+
+    def on_epoch_end(self, state: TrainingState) -> None:
+        self._stop_if_requested(state)
+
+    def _stop_if_requested(self, state: TrainingState) -> None:
+        if not self.requested:
+            return
+        where = f"at step {state.step} (epoch {state.epoch + 1}, after {state.epoch_step} batches of it)"
+        if self.save is None:
+            raise TrainingInterrupted(f"training stopped {where}; no run directory, so nothing was saved.", None)
+        path = self.save(state)
+        raise TrainingInterrupted(f"training stopped {where}; checkpoint saved to {path}. {self.resume_hint}",
+                                  str(path))
+
+    def close(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
