@@ -1,24 +1,84 @@
-"""Figures of a run: reconstructions, prior samples, training curves and, for a 2-D latent space,
-the latent scatter and the decoded manifold. Every function writes one PNG and returns its path."""
+"""Figures of a run: reconstructions, prior samples, training curves, KL per latent dimension and,
+for a 2-D latent space, the latent scatter and the decoded manifold.
+
+Every function builds a :class:`matplotlib.figure.Figure` with matplotlib's object-oriented API,
+saves it as a PNG when given a ``path`` and returns it. Nothing here imports ``pyplot`` or picks a
+backend, so importing this module leaves the process's matplotlib state alone (a script keeps its
+backend, a notebook its inline figures), and a figure is freed like any other object once unused.
+
+In Jupyter, run ``%matplotlib inline`` once, at the top of the notebook; then a figure returned as
+the last expression of a cell (or passed to ``display``) is drawn inline::
+
+    %matplotlib inline
+    ...
+    plot_samples(run.vae, run.dataset.image_shape)
+
+The magic is what registers IPython's PNG formatter for ``Figure``: a ``Figure`` has no
+``_repr_png_`` of its own, and the kernel's inline backend registers the formatter only once
+``pyplot`` is imported, which this module never does. Without it a cell shows only the text
+``<Figure size ... with N Axes>``.
+
+The shared style (:data:`DPI`, :data:`IMAGE_CMAP`, the sizes) and the helpers :func:`new_figure`,
+:func:`save_figure` and :func:`image_axes` are for experiment figures too.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+from torch.distributions import Normal
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from torch.distributions import Normal  # noqa: E402
+from ppl_vae.models.vae import VAE
 
-from ppl_vae.model import VAE  # noqa: E402
 
-if TYPE_CHECKING:
-    from ppl_vae.train import Run
+DPI = 100  # of saved PNGs
+IMAGE_CMAP = "gray"  # images in [0, 1]: 0 black, 1 white
+LABEL_CMAP = "tab10"  # class labels
+PANEL_SIZE = (4.0, 3.2)  # inches per panel of curves (width, height)
+PANELS_PER_ROW = 4  # training-curve panels wrap after this many
+IMAGE_GRID_WIDTH = 6.0  # inches across a square grid of images (samples)
+MANIFOLD_WIDTH = 7.0  # inches across the decoded manifold
+IMAGE_COLUMN_WIDTH = 1.0  # inches per column of a two-row image strip (reconstructions)
+MARKER_SIZE = 4  # points; every curve has markers, so a one-epoch run still shows
+
+UNITS = "nats/datapoint"
+TERM_LABELS = {  # axis labels of the terms every objective reports; others get "<term> (nats/datapoint)"
+    "elbo": f"ELBO ({UNITS})",
+    "reconstruction": f"E_q log p(x|z) ({UNITS})",
+    "kl": f"KL(q||p) ({UNITS})",
+}
+BETA_LABEL = "β (KL weight)"
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """An empty figure of ``width`` x ``height`` inches with constrained layout (labels and colorbars
+    fit without a ``tight_layout`` call)."""
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at the shared resolution, cropped to what is drawn; returns the path."""
+    path = Path(path)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def image_axes(ax: Axes, grid: np.ndarray, title: str) -> None:
+    """Draw a grid of images with values in [0, 1] (see :func:`image_grid`) in gray, pixel for pixel,
+    with a title and no ticks or frame."""
+    ax.imshow(grid, cmap=IMAGE_CMAP, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.spines[:].set_visible(False)
 
 
 def image_grid(images: torch.Tensor, image_shape: tuple[int, int], columns: int, gap: int = 1) -> np.ndarray:
@@ -32,93 +92,149 @@ def image_grid(images: torch.Tensor, image_shape: tuple[int, int], columns: int,
     return grid.reshape(rows * (height + gap), columns * (width + gap))[:-gap or None, :-gap or None].numpy()
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
+def _saved(fig: Figure, path: str | Path | None) -> Figure:
+    """``fig``, written to ``path`` first when one is given."""
+    if path is not None:
+        save_figure(fig, path)
+    return fig
 
 
-def _show_grid(ax: plt.Axes, grid: np.ndarray, title: str) -> None:
-    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_title(title)
-    ax.axis("off")
-
-
-def plot_reconstructions(vae: VAE, x: torch.Tensor, image_shape: tuple[int, int], path: Path, count: int = 10) -> Path:
+def plot_reconstructions(
+    vae: VAE, x: torch.Tensor, image_shape: tuple[int, int], path: str | Path | None = None, count: int = 10
+) -> Figure:
     """Inputs (top row) above their reconstructions E[x|z = posterior mean] (bottom row)."""
     x = x[:count]
     grid = image_grid(torch.cat([x, vae.reconstruct(x)]), image_shape, columns=x.shape[0])
-    fig, ax = plt.subplots(figsize=(x.shape[0], 2.4))
-    _show_grid(ax, grid, "data (top) and reconstructions (bottom)")
-    return _save(fig, path)
+    fig = new_figure(IMAGE_COLUMN_WIDTH * x.shape[0], 2.4 * IMAGE_COLUMN_WIDTH)
+    image_axes(fig.add_subplot(), grid, "data (top) and reconstructions (bottom)")
+    return _saved(fig, path)
 
 
-def plot_samples(vae: VAE, image_shape: tuple[int, int], path: Path, count: int = 64) -> Path:
-    """Decoder means E[x|z] for z drawn from the prior."""
-    columns = int(np.sqrt(count))
-    fig, ax = plt.subplots(figsize=(6, 6))
-    _show_grid(ax, image_grid(vae.sample(count), image_shape, columns), "samples: E[x|z], z ~ p(z)")
-    return _save(fig, path)
+def plot_samples(vae: VAE, image_shape: tuple[int, int], path: str | Path | None = None, count: int = 64) -> Figure:
+    """Decoder means E[x|z] for z drawn from the prior, on a square grid."""
+    columns = math.isqrt(count)
+    fig = new_figure(IMAGE_GRID_WIDTH, IMAGE_GRID_WIDTH)
+    image_axes(fig.add_subplot(), image_grid(vae.sample(count), image_shape, columns), "samples: E[x|z], z ~ p(z)")
+    return _saved(fig, path)
 
 
-def plot_training_curves(history: list[dict[str, Any]], path: Path) -> Path:
-    """ELBO (train and test), reconstruction, KL and β per epoch; with GECO, λ and C_ma instead of β."""
-    epochs = [record["epoch"] for record in history]
-    geco = bool(history) and "geco_lambda" in history[0]
-    fig, axes = plt.subplots(1, 5 if geco else 4, figsize=(20 if geco else 16, 3.5))
-    panels = [("elbo", "ELBO (nats/datapoint)"), ("reconstruction", "E_q log p(x|z) (nats)"), ("kl", "KL(q||p) (nats)")]
-    for ax, (name, label) in zip(axes, panels):
-        ax.plot(epochs, [record[f"train_{name}"] for record in history], label="train")
-        tested = [record for record in history if f"test_{name}" in record]
-        ax.plot([r["epoch"] for r in tested], [r[f"test_{name}"] for r in tested], "o-", markersize=3, label="test")
-        ax.set(xlabel="epoch", ylabel=label)
+def plot_training_curves(
+    history: list[dict[str, Any]],
+    path: str | Path | None = None,
+    status_panels: dict[str, tuple[str, Literal["linear", "log"]]] | None = None,
+) -> Figure:
+    """The per-epoch history of a run, one panel each, in this order:
+
+    - every term the objective reported (``train_<term>``; ELBO, reconstruction and KL first), with
+      the test curve where the history has ``test_<term>``;
+    - β, the KL weight, from 0 up; left out when the objective has status panels and β stayed 1
+      (an objective that weighs the KL itself, such as GECO);
+    - one panel per key of ``status_panels`` (the objective's ``status_panels``: key → (axis label,
+      "linear" or "log" y scale)) that the history holds.
+    """
+    status_panels = status_panels or {}
+    reported = dict.fromkeys(key.removeprefix("train_") for record in history for key in record
+                             if key.startswith("train_"))
+    term_names = [name for name in TERM_LABELS if name in reported]
+    term_names += [name for name in reported if name not in TERM_LABELS]
+    betas = [record["beta"] for record in history if "beta" in record]
+    show_beta = bool(betas) and not (status_panels and all(beta == 1 for beta in betas))
+    status_keys = [key for key in status_panels if any(key in record for record in history)]
+
+    count = max(1, len(term_names) + show_beta + len(status_keys))
+    columns = min(count, PANELS_PER_ROW)
+    rows = math.ceil(count / columns)
+    fig = new_figure(PANEL_SIZE[0] * columns, PANEL_SIZE[1] * rows)
+    panels = iter([fig.add_subplot(rows, columns, number) for number in range(1, count + 1)])
+    if not history:
+        next(panels).text(0.5, 0.5, "no epochs recorded", ha="center", va="center")
+        return _saved(fig, path)
+
+    for name in term_names:
+        ax = next(panels)
+        for split, marker in (("train", "o"), ("test", "s")):
+            _plot_key(ax, history, f"{split}_{name}", marker=marker, label=split)
+        ax.set_ylabel(TERM_LABELS.get(name, f"{name} ({UNITS})"))
         ax.legend()
-    if geco:
-        axes[3].semilogy(epochs, [record["geco_lambda"] for record in history])
-        axes[3].set(xlabel="epoch", ylabel="GECO λ (constraint weight)")
-        axes[4].plot(epochs, [record["geco_c_ma"] for record in history])
-        axes[4].axhline(0.0, color="gray", linestyle="--", linewidth=1)
-        axes[4].set(xlabel="epoch", ylabel="GECO C_ma (constraint; <= 0 is met)")
-    else:
-        axes[3].plot(epochs, [record["beta"] for record in history])
-        axes[3].set(xlabel="epoch", ylabel="β (KL weight)", ylim=(0, 1.05 * max(1.0, *(r["beta"] for r in history))))
-    fig.tight_layout()
-    return _save(fig, path)
+    if show_beta:
+        ax = next(panels)
+        _plot_key(ax, history, "beta", clip_on=False)  # β = 0 (an autoencoder) sits on the x axis, unclipped
+        ax.set_ylim(0, 1.05 * max(1.0, *betas))
+        ax.set_ylabel(BETA_LABEL)
+    for key in status_keys:
+        ax = next(panels)
+        label, scale = status_panels[key]
+        _plot_key(ax, history, key)
+        ax.set_yscale(scale)
+        ax.set_ylabel(label)
+    first, last = history[0]["epoch"], history[-1]["epoch"]
+    margin = max(0.5, 0.05 * (last - first))  # at least half an epoch: one epoch gets a readable axis too
+    for ax in fig.axes:
+        ax.set_xlim(first - margin, last + margin)
+    return _saved(fig, path)
+
+
+def _plot_key(ax: Axes, history: list[dict[str, Any]], key: str, **line_style: Any) -> None:
+    """One value of the history against the epoch, over the records that hold it, with markers
+    (``line_style`` goes to ``Axes.plot``)."""
+    records = [record for record in history if key in record]
+    if not records:
+        return
+    line_style = {"marker": "o", "markersize": MARKER_SIZE, **line_style}
+    ax.plot([record["epoch"] for record in records], [record[key] for record in records], **line_style)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 @torch.no_grad()
-def plot_latent_scatter(vae: VAE, x: torch.Tensor, labels: torch.Tensor | None, path: Path) -> Path:
+def plot_latent_scatter(
+    vae: VAE, x: torch.Tensor, labels: torch.Tensor | None, path: str | Path | None = None
+) -> Figure:
     """Posterior means of a 2-D latent space, coloured by label where the data have labels."""
     means = vae.encode(x).mean.cpu().numpy()
-    fig, ax = plt.subplots(figsize=(6, 5))
-    colours = None if labels is None else labels.cpu().numpy()
-    points = ax.scatter(means[:, 0], means[:, 1], c=colours, cmap="tab10", s=4, alpha=0.7)
-    if labels is not None:
+    fig = new_figure(6.0, 5.0)
+    ax = fig.add_subplot()
+    if labels is None:
+        ax.scatter(means[:, 0], means[:, 1], s=4, alpha=0.7)
+    else:
+        points = ax.scatter(means[:, 0], means[:, 1], c=labels.cpu().numpy(), cmap=LABEL_CMAP, s=4, alpha=0.7)
         fig.colorbar(points, ax=ax, label="label")
     ax.set(xlabel="z[0]", ylabel="z[1]", title="posterior means E_q[z|x] (test set)")
-    return _save(fig, path)
+    return _saved(fig, path)
 
 
 @torch.no_grad()
-def plot_manifold(vae: VAE, image_shape: tuple[int, int], path: Path, steps: int = 20) -> Path:
-    """The decoded 2-D manifold: E[x|z] on a grid of z through the inverse normal CDF (AEVB Fig. 4)."""
-    quantiles = torch.linspace(0.05, 0.95, steps)
-    values = Normal(0.0, 1.0).icdf(quantiles)
+def plot_manifold(
+    vae: VAE, image_shape: tuple[int, int], path: str | Path | None = None, steps: int = 20
+) -> Figure:
+    """The decoded 2-D manifold: E[x|z] on a grid of z through the inverse normal CDF (AEVB Fig. 4),
+    z[0] along the columns and z[1] up the rows, with the z values as tick labels."""
+    values = Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, steps))
     device = next(vae.parameters()).device
     z1, z0 = torch.meshgrid(values.flip(0), values, indexing="ij")  # rows: z[1] from high to low
     z = torch.stack([z0.reshape(-1), z1.reshape(-1)], dim=1).to(device)
-    fig, ax = plt.subplots(figsize=(7, 7 * image_shape[0] / image_shape[1]))
-    _show_grid(ax, image_grid(vae.decoded_mean(z), image_shape, steps), "learned manifold E[x|z]")
-    return _save(fig, path)
+    height, width = image_shape
+    gap = 1
+    fig = new_figure(MANIFOLD_WIDTH, MANIFOLD_WIDTH * height / width)
+    ax = fig.add_subplot()
+    image_axes(ax, image_grid(vae.decoded_mean(z), image_shape, steps, gap), "learned manifold E[x|z]")
+    tiles = np.arange(steps)  # a tick at the centre of every tile, labelled with its z value
+    ax.set_xticks(tiles * (width + gap) + (width - 1) / 2, [f"{v:.2f}" for v in values.tolist()],
+                  rotation=90, fontsize="small")
+    ax.set_yticks(tiles * (height + gap) + (height - 1) / 2, [f"{v:.2f}" for v in values.flip(0).tolist()],
+                  fontsize="small")
+    ax.set(xlabel="z[0]", ylabel="z[1]")
+    return _saved(fig, path)
 
 
-def plot_kl_per_dim(kl_per_dim: list[float], active: list[bool], path: Path) -> Path:
+def plot_kl_per_dim(kl_per_dim: list[float], active: list[bool], path: str | Path | None = None) -> Figure:
     """KL(q(z_u|x) || p(z_u)) per latent dimension u as bars, active units (Burda et al.) coloured,
     sorted from the largest KL down."""
     order = np.argsort(kl_per_dim)[::-1]
     values = np.asarray(kl_per_dim)[order]
     is_active = np.asarray(active)[order]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.18 * len(values) + 2), 3.5))
+    fig = new_figure(max(4.0, 0.18 * len(values) + 2), 3.5)
+    ax = fig.add_subplot()
     positions = np.arange(len(values))
     ax.bar(positions, values, color=np.where(is_active, "tab:blue", "tab:gray"))
     ax.legend(handles=[Patch(color="tab:blue", label=f"active ({is_active.sum()})"),
@@ -127,22 +243,4 @@ def plot_kl_per_dim(kl_per_dim: list[float], active: list[bool], path: Path) -> 
     ax.set_xticks(positions[::step], [str(u) for u in order[::step]])
     ax.set(xlabel="latent dimension (sorted by KL)", ylabel="KL(q(z_u|x) || p(z_u)) (nats)",
            title="KL per latent dimension, averaged over the data")
-    return _save(fig, path)
-
-
-def run_figures(run: Run) -> list[Path]:
-    """Write the figures of a finished run into its directory."""
-    out, data, vae = run.out_dir, run.dataset, run.vae
-    vae.eval()
-    test_x, test_labels = data.split("test")
-    paths = [
-        plot_reconstructions(vae, test_x, data.image_shape, out / "reconstructions.png"),
-        plot_samples(vae, data.image_shape, out / "samples.png"),
-        plot_training_curves(run.history, out / "training_curves.png"),
-    ]
-    if vae.latent_dim == 2:
-        paths.append(plot_latent_scatter(vae, test_x, test_labels, out / "latent_scatter.png"))
-        paths.append(plot_manifold(vae, data.image_shape, out / "manifold.png"))
-    vae.train()
-    return paths
-
+    return _saved(fig, path)

@@ -37,7 +37,8 @@ from ppl_vae.models.vae import VAE
 from ppl_vae.objectives import Objective
 from ppl_vae.training.callbacks import Checkpointing, EpochEvaluation, InterruptHandler, NonFiniteGuard, ProgressBar
 from ppl_vae.training.checkpoint import load_checkpoint, restore, save_checkpoint, snapshot
-from ppl_vae.training.loop import TrainingState, train
+from ppl_vae.training.loop import train
+from ppl_vae.training.state import TrainingState
 
 CHECKPOINT = "checkpoint.pt"
 EVAL_FILE = "eval.json"
@@ -81,8 +82,6 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False)
     run = Run(config, vae, dataset, objective, state.history, out_dir=out_dir)
     run.metrics = final_metrics(run, state)
     if out_dir is not None:
-        from ppl_vae.plots import run_figures  # matplotlib is imported only when figures are drawn
-
         run_figures(run)
     run.metrics["seconds"] = state.elapsed()
     if out_dir is not None:
@@ -146,6 +145,30 @@ def final_metrics(run: Run, state: TrainingState) -> dict[str, Any]:
         "train_seconds": last.get("seconds", state.seconds), "units": UNITS,
         "test_kl_per_dim": health["kl_per_dim"], "test_active_units": health["active_units"],
     }
+
+
+def run_figures(run: Run) -> list[Path]:
+    """Write the figures of a finished run into ``run.out_dir``: reconstructions.png, samples.png,
+    training_curves.png and, for a 2-D latent space, latent_scatter.png and manifold.png. Returns
+    their paths."""
+    from ppl_vae import plots  # matplotlib is imported only when figures are drawn
+
+    out, data, vae = Path(run.out_dir), run.dataset, run.vae
+    test_x, test_labels = data.split("test")
+    was_training = vae.training
+    vae.eval()
+    try:
+        figures = {
+            "reconstructions.png": plots.plot_reconstructions(vae, test_x, data.image_shape),
+            "samples.png": plots.plot_samples(vae, data.image_shape),
+            "training_curves.png": plots.plot_training_curves(run.history, status_panels=run.objective.status_panels),
+        }
+        if vae.latent_dim == 2:
+            figures["latent_scatter.png"] = plots.plot_latent_scatter(vae, test_x, test_labels)
+            figures["manifold.png"] = plots.plot_manifold(vae, data.image_shape)
+    finally:
+        vae.train(was_training)
+    return [plots.save_figure(fig, out / name) for name, fig in figures.items()]
 
 
 def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Config:

@@ -7,10 +7,15 @@ A deterministic baseline network predicts y from x (its mean prediction blurs th
 completions together); the CVAE's prior network starts from the baseline's prediction, as in
 Pyro's example, and each draw of z gives one sharp completion. Pixels are binary (Bernoulli).
 
+Both are Pyro model/guide pairs over the data arguments ``(x, y)``, trained like the VAE (by
+:func:`ppl_vae.training.loop.train`, with ``kl_weight`` β on the latent site in model and guide).
+The baseline has no latent: its guide is empty, so its ELBO is exactly log p(y | x) and SVI on it is
+maximum likelihood.
+
 log p(y | x) is importance-sampled by the generic evaluation, with the guide as proposal:
 ``ppl_vae.evaluation.log_likelihood(cvae.model, cvae.guide, x, y, num_samples=K)``, that is
 log (1/K) Σ_k p(y | z_k, x) p(z_k | x) / q(z_k | x, y), z_k ~ q(z | x, y): a lower bound in expectation
-that tightens as K grows; K = 1 is the ELBO.
+that tightens as K grows; K = 1 is the ELBO. For the baseline, any K gives the exact log p(y | x).
 """
 
 from __future__ import annotations
@@ -18,13 +23,10 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
-from pyro.infer import SVI, Trace_ELBO
 from torch import nn
-from tqdm.auto import tqdm
 
-from ppl_vae.data import Dataset, batches
 from ppl_vae.errors import ConfigError
+from ppl_vae.models.vae import kl_weight_scale
 from ppl_vae.parts.nets import mlp
 
 TASKS = ("right_half", "quadrant")
@@ -55,9 +57,15 @@ class Baseline(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def log_likelihood(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """log p(y | x) per datapoint under independent Bernoullis at the predicted probabilities."""
-        return dist.Bernoulli(logits=self(x)).to_event(1).log_prob(y)
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None, kl_weight: float = 1.0) -> None:
+        """p(y | x): independent Bernoullis at the predicted probabilities. ``kl_weight`` is accepted
+        like every model's (the training loop passes it) and has nothing to weigh: there is no latent."""
+        pyro.module("baseline", self)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("y", dist.Bernoulli(logits=self(x)).to_event(1), obs=y)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None, kl_weight: float = 1.0) -> None:
+        """No latent variable, nothing to infer: the ELBO is log p(y | x) itself."""
 
 
 class CVAE(nn.Module):
@@ -93,17 +101,21 @@ class CVAE(nn.Module):
         x = x.expand(*z.shape[:-1], x.shape[-1])
         return dist.Bernoulli(logits=self.generation_net(torch.cat([z, x], dim=-1))).to_event(1)
 
-    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None, kl_weight: float = 1.0) -> None:
+        """p(z | x) p(y | z, x), with the latent site weighted by β = ``kl_weight``."""
         pyro.module("prior_net", self.prior_net)
         pyro.module("generation_net", self.generation_net)
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", self.prior(x))
+            with kl_weight_scale(kl_weight):
+                z = pyro.sample("z", self.prior(x))
             pyro.sample("y", self.likelihood(z, x), obs=y)
 
-    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None, kl_weight: float = 1.0) -> None:
+        """q(z | x, y) (the prior p(z | x) when y is not given); the same β weight as in the model."""
         pyro.module("recognition_net", self.recognition_net)
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", self.recognition(x, y) if y is not None else self.prior(x))
+            with kl_weight_scale(kl_weight):
+                pyro.sample("z", self.recognition(x, y) if y is not None else self.prior(x))
 
     @torch.no_grad()
     def complete(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
@@ -116,36 +128,3 @@ def split_pixels(images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor
     """(observed pixels x, hidden pixels y) of flattened images."""
     return images[:, mask], images[:, ~mask]
 
-
-def train_baseline(dataset: Dataset, mask: torch.Tensor, epochs: int, hidden_sizes: list[int] = (500, 500),
-                   lr: float = 1e-3, batch_size: int = 128, seed: int = 0, progress: bool = True) -> Baseline:
-    """Fit the baseline by minimizing the Bernoulli cross-entropy of the hidden pixels."""
-    torch.manual_seed(seed)
-    mask = mask.to(dataset.train.device)
-    baseline = Baseline(int(mask.sum()), int((~mask).sum()), list(hidden_sizes)).to(dataset.train.device)
-    optimizer = torch.optim.Adam(baseline.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(epochs), desc="baseline", unit="epoch", disable=not progress):
-        for images in batches(dataset.train, batch_size, generator, binarize=dataset.dynamic_binarization):
-            x, y = split_pixels(images, mask)
-            loss = F.binary_cross_entropy_with_logits(baseline(x), y, reduction="sum") / x.shape[0]
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return baseline
-
-
-def train_cvae(dataset: Dataset, mask: torch.Tensor, baseline: Baseline, epochs: int, latent_dim: int = 20,
-               hidden_sizes: list[int] = (500, 500), lr: float = 1e-3, batch_size: int = 128, seed: int = 0,
-               progress: bool = True) -> CVAE:
-    """Fit the CVAE with SVI (Trace_ELBO), the baseline frozen."""
-    pyro.set_rng_seed(seed)
-    pyro.clear_param_store()
-    mask = mask.to(dataset.train.device)
-    cvae = CVAE(baseline, int(mask.sum()), int((~mask).sum()), latent_dim, list(hidden_sizes)).to(dataset.train.device)
-    svi = SVI(cvae.model, cvae.guide, pyro.optim.Adam({"lr": lr}), Trace_ELBO())
-    generator = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(epochs), desc="CVAE", unit="epoch", disable=not progress):
-        for images in batches(dataset.train, batch_size, generator, binarize=dataset.dynamic_binarization):
-            svi.step(*split_pixels(images, mask))
-    return cvae

@@ -1,0 +1,10 @@
+"""Training: a :class:`~ppl_vae.training.state.TrainingState`, the loop over it
+(:func:`~ppl_vae.training.loop.train`), its callbacks, and checkpoints of the whole state."""
+
+from ppl_vae.training.callbacks import (Callback, Checkpointing, EpochEvaluation, InterruptHandler, NonFiniteGuard,
+                                        ProgressBar)
+from ppl_vae.training.loop import train
+from ppl_vae.training.state import TrainingState
+
+__all__ = ["Callback", "Checkpointing", "EpochEvaluation", "InterruptHandler", "NonFiniteGuard", "ProgressBar",
+           "TrainingState", "train"]

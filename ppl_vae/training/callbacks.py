@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ppl_vae.errors import TrainingError, TrainingInterrupted
 
 if TYPE_CHECKING:
-    from ppl_vae.training.loop import TrainingState
+    from ppl_vae.training.state import TrainingState
 
 PROGRESS_EVERY = 20  # steps between progress-bar postfix updates (each reads the terms off the device)
 
