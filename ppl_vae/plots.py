@@ -50,7 +50,7 @@ IMAGE_COLUMN_WIDTH = 1.0  # inches per column of a two-row image strip (reconstr
 MARKER_SIZE = 4  # points; every curve has markers, so a one-epoch run still shows
 
 UNITS = "nats/datapoint"
-TERM_LABELS = {  # axis labels of the terms every objective reports; others get "<term> (nats/datapoint)"
+TERM_LABELS = {  # axis labels of the terms every objective reports; objectives label their others
     "elbo": f"ELBO ({UNITS})",
     "reconstruction": f"E_q log p(x|z) ({UNITS})",
     "kl": f"KL(q||p) ({UNITS})",
@@ -122,17 +122,20 @@ def plot_training_curves(
     history: list[dict[str, Any]],
     path: str | Path | None = None,
     status_panels: dict[str, tuple[str, Literal["linear", "log"]]] | None = None,
+    term_labels: dict[str, str] | None = None,
 ) -> Figure:
     """The per-epoch history of a run, one panel each, in this order:
 
     - every term the objective reported (``train_<term>``; ELBO, reconstruction and KL first), with
-      the test curve where the history has ``test_<term>``;
+      the test curve where the history has ``test_<term>``, labelled from ``term_labels`` (the
+      objective's ``term_labels``) for terms beyond those three;
     - β, the KL weight, from 0 up; left out when the objective has status panels and β stayed 1
       (an objective that weighs the KL itself, such as GECO);
     - one panel per key of ``status_panels`` (the objective's ``status_panels``: key → (axis label,
       "linear" or "log" y scale)) that the history holds.
     """
     status_panels = status_panels or {}
+    labels = {**TERM_LABELS, **(term_labels or {})}
     reported = dict.fromkeys(key.removeprefix("train_") for record in history for key in record
                              if key.startswith("train_"))
     term_names = [name for name in TERM_LABELS if name in reported]
@@ -154,7 +157,7 @@ def plot_training_curves(
         ax = next(panels)
         for split, marker in (("train", "o"), ("test", "s")):
             _plot_key(ax, history, f"{split}_{name}", marker=marker, label=split)
-        ax.set_ylabel(TERM_LABELS.get(name, f"{name} ({UNITS})"))
+        ax.set_ylabel(labels.get(name, name))
         ax.legend()
     if show_beta:
         ax = next(panels)

@@ -161,7 +161,8 @@ def run_figures(run: Run) -> list[Path]:
         figures = {
             "reconstructions.png": plots.plot_reconstructions(vae, test_x, data.image_shape),
             "samples.png": plots.plot_samples(vae, data.image_shape),
-            "training_curves.png": plots.plot_training_curves(run.history, status_panels=run.objective.status_panels),
+            "training_curves.png": plots.plot_training_curves(run.history, status_panels=run.objective.status_panels,
+                                                              term_labels=run.objective.term_labels),
         }
         if vae.latent_dim == 2:
             figures["latent_scatter.png"] = plots.plot_latent_scatter(vae, test_x, test_labels)

@@ -12,6 +12,8 @@ import torch
 from matplotlib.figure import Figure
 
 from ppl_vae.models.vae import VAE
+from ppl_vae.objectives.geco import GECO
+from ppl_vae.objectives.iwae import IWAE
 from ppl_vae.parts.likelihoods import Bernoulli
 from ppl_vae.parts.nets import mlp
 from ppl_vae.parts.posteriors import DiagonalNormal
@@ -22,8 +24,7 @@ from ppl_vae.runs import run_figures
 
 IMAGE_SHAPE = (4, 4)
 DATA_DIM = 16
-GECO_PANELS = {"geco_lambda": ("GECO λ (constraint weight)", "log"),
-               "geco_c_ma": ("GECO C_ma (constraint; <= 0 is met)", "linear")}
+GECO_PANELS = GECO.status_panels
 
 
 def tiny_vae(latent_dim: int) -> VAE:
@@ -114,9 +115,9 @@ def test_training_curves_of_a_geco_like_run():
     records = history(3, train_constraint=0.2, geco_lambda=1.5, geco_c_ma=-0.1)
     for record in records:
         record["beta"] = 1.0
-    fig = plot_training_curves(records, status_panels=GECO_PANELS)
+    fig = plot_training_curves(records, status_panels=GECO_PANELS, term_labels=GECO.term_labels)
     assert ylabels(fig) == [TERM_LABELS["elbo"], TERM_LABELS["reconstruction"], TERM_LABELS["kl"],
-                            "constraint (nats/datapoint)", GECO_PANELS["geco_lambda"][0], GECO_PANELS["geco_c_ma"][0]]
+                            GECO.term_labels["constraint"], GECO_PANELS["geco_lambda"][0], GECO_PANELS["geco_c_ma"][0]]
     assert [ax.get_yscale() for ax in fig.axes[-2:]] == ["log", "linear"]
 
 
@@ -129,9 +130,9 @@ def test_training_curves_keep_beta_when_it_moves_or_no_status_is_given():
 
 
 def test_training_curves_of_an_iwae_like_run():
-    fig = plot_training_curves(history(3, train_iwae=-98.0))
+    fig = plot_training_curves(history(3, train_iwae=-98.0), term_labels=IWAE.term_labels)
     assert ylabels(fig) == [TERM_LABELS["elbo"], TERM_LABELS["reconstruction"], TERM_LABELS["kl"],
-                            "iwae (nats/datapoint)", BETA_LABEL]
+                            IWAE.term_labels["iwae"], BETA_LABEL]
     assert len(fig.axes[3].get_lines()) == 1  # no test_iwae: the train curve only
 
 
@@ -162,7 +163,7 @@ def test_run_figures(tmp_path, latent_dim, names):
     vae = tiny_vae(latent_dim)
     run = SimpleNamespace(out_dir=tmp_path, vae=vae, history=history(2),
                           dataset=SimpleNamespace(split={"test": (x, labels)}.__getitem__, image_shape=IMAGE_SHAPE),
-                          objective=SimpleNamespace(status_panels={}))
+                          objective=SimpleNamespace(status_panels={}, term_labels={}))
     paths = run_figures(run)
     assert paths == [tmp_path / name for name in names]
     for path in paths:

@@ -32,12 +32,15 @@ class Objective:
         bound: the name of the term this objective maximizes (the progress bar leads with it).
         supports_beta: False for objectives that weight the KL themselves (GECO), which then refuse a
             β schedule other than the constant 1.
+        term_labels: axis labels, with units, of the terms it reports beyond ``elbo``,
+            ``reconstruction`` and ``kl`` (which every objective reports).
         status_panels: for each key of :meth:`status`, the axis label and scale ("linear" or "log")
             of its panel in the training-curve figure.
     """
 
     bound: str = "elbo"
     supports_beta: bool = True
+    term_labels: dict[str, str] = {}
     status_panels: dict[str, tuple[str, str]] = {}
 
     def __init__(self) -> None:

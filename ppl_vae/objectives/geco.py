@@ -86,6 +86,7 @@ class GECO(Objective):
     """
 
     supports_beta = False  # λ weighs the KL against the constraint
+    term_labels = {"constraint": "GECO constraint C (<= 0 is met; units of κ)"}
     status_panels = {
         "geco_lambda": ("GECO λ (constraint weight)", "log"),
         "geco_c_ma": ("GECO C_ma (constraint; <= 0 is met)", "linear"),

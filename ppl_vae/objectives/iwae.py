@@ -95,6 +95,7 @@ class IWAE(Objective):
     """
 
     bound = "iwae"
+    term_labels = {"iwae": "IWAE bound, k particles (nats/datapoint)"}
 
     def __init__(self, *, num_particles: int = 5, gradient: Gradient = "standard") -> None:
         super().__init__()
