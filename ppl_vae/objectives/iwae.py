@@ -108,11 +108,14 @@ class IWAE(Objective):
             )
         self.num_particles = num_particles
         self.gradient = gradient
+        self._layout: tuple[tuple[Callable, Callable], PlateLayout] | None = None  # per (model, guide)
 
     def __call__(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The differentiable loss of one batch, summed over its datapoints (a Pyro loss)."""
         num_particles = self.num_particles
-        layout = _plate_layout(model, guide, *args, **kwargs)
+        if self._layout is None or self._layout[0] != (model, guide):  # the plates depend on the model, not the data
+            self._layout = (model, guide), _plate_layout(model, guide, *args, **kwargs)
+        layout = self._layout[1]
         model_trace, guide_trace = _particle_trace_pair(
             model, guide, *args, num_particles=num_particles, particle_dim=layout.particle_dim, **kwargs
         )
