@@ -1,4 +1,5 @@
-"""The conditional VAE on the 8x8 digits: masks, completions, the importance-sampled log p(y|x)."""
+"""The conditional VAE on the 8x8 digits: masks, training on the shared loop, completions, the
+importance-sampled log p(y|x), and the baseline's exact one."""
 
 import math
 from dataclasses import replace
@@ -10,8 +11,10 @@ import torch.nn.functional as F
 
 from ppl_vae.data import load_dataset
 from ppl_vae.errors import ConfigError
-from ppl_vae.evaluation import log_likelihood
-from ppl_vae.models.cvae import CVAE, Baseline, observed_mask, split_pixels, train_baseline, train_cvae
+from ppl_vae.evaluation import evaluate_elbo, log_likelihood
+from ppl_vae.experiments.cvae_completions import train_baseline, train_conditional, train_cvae
+from ppl_vae.models.cvae import CVAE, Baseline, observed_mask, split_pixels
+from ppl_vae.objectives import OBJECTIVES
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +49,10 @@ def test_completions_have_one_image_per_draw(trained, binary_digits):
     assert (completions[0] - completions[1]).abs().max() > 1e-3  # different draws, different completions
 
 
-def mean_log_likelihood(cvae, x, y, num_samples=100):
-    """log p(y|x) in nats, averaged over the datapoints, by the generic importance sampler."""
-    return log_likelihood(cvae.model, cvae.guide, x, y, num_samples=num_samples).mean().item()
+def mean_log_likelihood(module, x, y, num_samples=100):
+    """log p(y|x) in nats, averaged over the datapoints, by the generic importance sampler (exact for
+    the baseline, which has no latent)."""
+    return log_likelihood(module.model, module.guide, x, y, num_samples=num_samples).mean().item()
 
 
 def test_importance_sampling_tightens_the_elbo_and_beats_untrained(trained, binary_digits):
@@ -64,7 +68,48 @@ def test_importance_sampling_tightens_the_elbo_and_beats_untrained(trained, bina
     untrained = CVAE(Baseline(x.shape[1], y.shape[1], [64]), x.shape[1], y.shape[1], 4, [64])
     assert estimates[1] > mean_log_likelihood(untrained, x, y) + 5
     # an untrained network is near p = 1/2 for each of the 32 hidden pixels: about -32 log 2
-    assert baseline.log_likelihood(x, y).mean().item() > -32 * torch.log(torch.tensor(2.0)).item()
+    assert mean_log_likelihood(baseline, x, y, num_samples=1) > -32 * torch.log(torch.tensor(2.0)).item()
+
+
+def test_baseline_elbo_is_its_exact_log_likelihood(trained, binary_digits):
+    """No latent, an empty guide: the ELBO and every importance-sampled estimate are log p(y|x) itself,
+    the Bernoulli log-likelihood of the hidden pixels at the network's predictions."""
+    mask, baseline, _ = trained
+    x, y = split_pixels(binary_digits.test, mask)
+    with torch.no_grad():
+        exact = -F.binary_cross_entropy_with_logits(baseline(x), y, reduction="none").sum(-1)
+    torch.testing.assert_close(log_likelihood(baseline.model, baseline.guide, x, y, num_samples=3), exact)
+    elbo = evaluate_elbo(baseline.model, baseline.guide, x, y)
+    assert elbo["kl"] == 0
+    assert elbo["elbo"] == pytest.approx(exact.mean().item(), abs=1e-4)
+
+
+def test_training_runs_on_the_shared_loop_and_lowers_the_loss(binary_digits):
+    """train_baseline and train_cvae take their steps through ppl_vae.training.loop.train (one
+    history record per epoch), and both bounds improve over training; the CVAE's leaves the baseline alone."""
+    mask = observed_mask("quadrant", binary_digits.image_shape)
+    baseline = Baseline(int(mask.sum()), int((~mask).sum()), [32])
+    history = train_conditional(baseline, binary_digits, mask, 4, progress=False).history
+    assert [record["epoch"] for record in history] == [1, 2, 3, 4]
+    assert history[-1]["train_elbo"] > history[0]["train_elbo"]
+    assert all(record["train_kl"] == 0 for record in history)  # no latent, no KL
+    cvae = CVAE(baseline, int(mask.sum()), int((~mask).sum()), 2, [32])
+    frozen = [parameter.clone() for parameter in baseline.parameters()]
+    history = train_conditional(cvae, binary_digits, mask, 4, progress=False).history
+    assert history[-1]["train_elbo"] > history[0]["train_elbo"]
+    assert all(torch.equal(before, after) for before, after in zip(frozen, baseline.parameters()))
+
+
+def test_kl_weight_scales_the_cvae_kl_only(trained, binary_digits):
+    """β on the latent site in model and guide: the loss changes by exactly (β - 1)·KL (DESIGN's pitfalls)."""
+    mask, _, cvae = trained
+    x, y = split_pixels(binary_digits.test[:20], mask)
+    objective = OBJECTIVES.get("meanfield")()
+    losses = {}
+    for beta in (1.0, 3.0):
+        pyro.set_rng_seed(0)  # the same z for both
+        losses[beta] = objective(cvae.model, cvae.guide, x, y, kl_weight=beta).item()
+    assert losses[3.0] - losses[1.0] == pytest.approx(2 * objective.terms()["kl"].item(), rel=1e-4)
 
 
 def normal_log_density(z, loc, log_scale):

@@ -20,6 +20,8 @@ that tightens as K grows; K = 1 is the ELBO. For the baseline, any K gives the e
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -29,7 +31,8 @@ from ppl_vae.errors import ConfigError
 from ppl_vae.models.vae import kl_weight_scale
 from ppl_vae.parts.nets import mlp
 
-TASKS = ("right_half", "quadrant")
+Task = Literal["right_half", "quadrant"]  # which pixels are observed: see observed_mask
+TASKS: tuple[str, ...] = get_args(Task)
 
 
 def observed_mask(task: str, image_shape: tuple[int, int]) -> torch.Tensor:
@@ -71,12 +74,13 @@ class Baseline(nn.Module):
 class CVAE(nn.Module):
     """p(z | x) p(y | z, x) with guide q(z | x, y); diagonal Normals for z, Bernoullis for y.
 
-    The baseline is used frozen, as an input of the prior network (not registered with Pyro)."""
+    The baseline is used frozen, as an input of the prior network: no gradient flows into it, and the
+    CVAE's model does not register it with Pyro, so training the CVAE leaves it as it is."""
 
     def __init__(self, baseline: Baseline, num_observed: int, num_hidden: int, latent_dim: int = 20,
                  hidden_sizes: list[int] = (500, 500)) -> None:
         super().__init__()
-        self.baseline = baseline.requires_grad_(False)
+        self.baseline = baseline
         self.latent_dim = latent_dim
         inputs = num_observed + num_hidden
         self.prior_net = mlp(inputs, 2 * latent_dim, hidden_sizes=hidden_sizes, activation="relu")
@@ -89,7 +93,8 @@ class CVAE(nn.Module):
 
     def prior(self, x: torch.Tensor) -> dist.TorchDistribution:
         """p(z | x), from the observed pixels and the baseline's prediction of the hidden ones."""
-        y_hat = torch.sigmoid(self.baseline(x))
+        with torch.no_grad():
+            y_hat = torch.sigmoid(self.baseline(x))
         return self._normal(self.prior_net(torch.cat([x, y_hat], dim=-1)))
 
     def recognition(self, x: torch.Tensor, y: torch.Tensor) -> dist.TorchDistribution:
