@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -72,20 +73,26 @@ def _parts(args: argparse.Namespace) -> None:
     from ppl_vae.data import DATASETS
     from ppl_vae.objectives import OBJECTIVES
 
-    registries = {"data.name": DATASETS, **REGISTRIES, "objective": OBJECTIVES}
-    for key, registry in registries.items():
-        if key == "model.decoder":
-            continue  # the same networks as model.encoder
+    sections = {"data.name": DATASETS, "model.encoder, model.decoder": REGISTRIES["model.encoder"],
+                **{key: registry for key, registry in REGISTRIES.items() if key not in ("model.encoder", "model.decoder")},
+                "objective": OBJECTIVES}
+    for key, registry in sections.items():
         print(f"{key} ({registry.kind}s):")
         for name in registry.names():
+            print(f"  {name:22s} {_summary(inspect.getdoc(registry.get(name)))}")
             options = ", ".join(
-                f"{option}={parameter.default!r}" if parameter.default is not inspect.Parameter.empty else option
+                option if parameter.default is inspect.Parameter.empty else f"{option}={parameter.default!r}"
                 for option, parameter in registry.options(name).items()
             )
-            summary = (inspect.getdoc(registry.get(name)) or "").split("\n")[0]
-            print(f"  {name:22s} {summary}")
             if options:
                 print(f"  {'':22s} options: {options}")
+
+
+def _summary(docstring: str | None) -> str:
+    """The first sentence of a docstring, without reStructuredText markup."""
+    paragraph = " ".join((docstring or "").split("\n\n")[0].split())
+    sentence = re.split(r"\.\s+(?=[A-Z])", paragraph)[0].rstrip(".") + "."  # not at "et al. 2015"
+    return sentence.replace("``", "").replace(":func:", "").replace(":class:", "").replace("`", "")
 
 
 def _reproduce(args: argparse.Namespace) -> None:

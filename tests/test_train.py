@@ -77,3 +77,13 @@ def test_cli_train_and_configs(tmp_path, capsys):
     assert "test ELBO" in out and "nats per datapoint" in out
     assert main(["train", "--set", "model.latent_dim=0"]) == 2
     assert "model.latent_dim" in capsys.readouterr().err
+
+
+def test_cli_parts_lists_every_registry_with_options(capsys):
+    assert main(["parts"]) == 0
+    out = capsys.readouterr().out
+    for section in ("data.name", "model.encoder, model.decoder", "model.prior", "model.posterior", "model.likelihood",
+                    "objective.beta", "objective (objectives)"):
+        assert section in out
+    assert "num_particles=5, gradient='standard'" in out  # iwae's options, from its signature
+    assert "mnist-binarized        MNIST with dynamic binarization (Burda et al. 2015), on" in out
