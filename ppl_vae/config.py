@@ -15,12 +15,14 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 
 from ppl_vae.errors import ConfigError
-from ppl_vae.validation import check_type, suggest
+from ppl_vae.validation import Bounds, Count, NonNegative, Positive, Size, check_type, suggest
+
+Seed = Annotated[int, Bounds(0, 2**32 - 1, note="NumPy's seed range, below 2**32")]
 
 
 @dataclass
@@ -42,12 +44,12 @@ def part(name: str, **options: Any) -> PartSpec:
 class DataConfig:
     name: str = "digits"
     data_dir: str | None = None  # None: $PPL_VAE_DATA, else ~/.cache/ppl_vae
-    batch_size: int = 100
+    batch_size: Size = 100
 
 
 @dataclass
 class ModelConfig:
-    latent_dim: int = 2
+    latent_dim: Size = 2
     encoder: PartSpec = field(default_factory=lambda: part("mlp", hidden_sizes=[200], activation="tanh"))
     decoder: PartSpec = field(default_factory=lambda: part("mlp", hidden_sizes=[200], activation="tanh"))
     prior: PartSpec = field(default_factory=lambda: part("normal"))
@@ -72,23 +74,25 @@ class ObjectiveConfig:
 @dataclass
 class OptimConfig:
     name: str = "adam"  # adam | adagrad
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    clip_norm: float | None = None  # clip each parameter's gradient to this norm (Pyro's clip_args)
+    lr: Positive = 1e-3
+    weight_decay: NonNegative = 0.0
+    clip_norm: Positive | None = None  # clip each parameter's gradient to this norm (Pyro's clip_args)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    eval_every: int = 1  # test ELBO every N epochs (and at the last one)
-    checkpoint_every: int = 1  # checkpoint every N epochs (and at the last one)
-    eval_batch_size: int = 1000
+    epochs: Count = 10
+    eval_every: Count = 1  # test ELBO every N epochs (and at the last one)
+    checkpoint_every: Count = 1  # checkpoint every N epochs (and at the last one)
+    eval_batch_size: Count = 1000
     progress: bool = True  # tqdm progress bar
+    # importance samples K for a test log p(x) at the end of training; null: none
+    log_likelihood_samples: Size | None = None
 
 
 @dataclass
 class Config:
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"  # auto | cpu | cuda
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -101,8 +105,6 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "optim.name": ("adam", "adagrad"),
 }
-POSITIVE = ("model.latent_dim", "data.batch_size", "optim.lr",
-            "train.epochs", "train.eval_every", "train.checkpoint_every", "train.eval_batch_size")
 
 
 def _part_from_yaml(value: Any, key: str) -> PartSpec:
@@ -135,7 +137,7 @@ def _objective_from_yaml(value: Any, key: str) -> ObjectiveConfig:
 def _new_spelling(old: dict[str, Any]) -> str:
     """The objective section of an old config (``elbo: trace|meanfield``, ``geco: {...}``) in the new
     spelling, for the error message."""
-    estimator = {"trace": "elbo", "meanfield": "meanfield"}.get(old.get("elbo", "trace"), "elbo")
+    estimator = "meanfield" if old.get("elbo") == "meanfield" else "elbo"
     new: dict[str, Any] = {"name": estimator}
     if isinstance(old.get("geco"), dict):
         new = {"name": "geco", **old["geco"], **({"wraps": estimator} if estimator != "elbo" else {})}
@@ -154,7 +156,7 @@ def _from_dict(cls: type, values: Any, prefix: str) -> Any:
         values = to_dict(values)
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}.")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for name, value in values.items():
@@ -183,8 +185,9 @@ def _get(config: Config, key: str) -> Any:
 
 
 def validate(config: Config) -> Config:
-    """Check the values that no type can express (choices, ranges); return config. Part names and
-    options are checked against their registries by :func:`ppl_vae.build.check`."""
+    """Check the choices that the annotations do not express; return config. Types and ranges are
+    checked from the fields' annotations (``Size``, ``Positive``...) as the values are read; part names
+    and options against their registries by :func:`ppl_vae.build.check`."""
     for key, allowed in CHOICES.items():
         if _get(config, key) not in allowed:
             value = _get(config, key)
@@ -192,20 +195,35 @@ def validate(config: Config) -> Config:
                 f"{key}: {value!r} is not allowed.{suggest(str(value), list(allowed))} "
                 f"Choose one of: {', '.join(allowed)}."
             )
-    for key in POSITIVE:
-        if _get(config, key) <= 0:
-            raise ConfigError(f"{key}: must be > 0, got {_get(config, key)!r}.")
-    if config.optim.weight_decay < 0:
-        raise ConfigError(f"optim.weight_decay: must be >= 0, got {config.optim.weight_decay!r}.")
-    if config.optim.clip_norm is not None and config.optim.clip_norm <= 0:
-        raise ConfigError(f"optim.clip_norm: must be > 0 or null (no clipping), got {config.optim.clip_norm!r}.")
-    if not 0 <= config.seed < 2**32:
-        raise ConfigError(f"seed: must be in [0, 2**32 - 1] (NumPy's range), got {config.seed!r}.")
     return config
+
+
+MAX_DEPTH = 20
+"""How deeply lists and mappings may nest in a config (a real one nests 3 levels)."""
+
+
+def _check_nesting(values: Any) -> None:
+    """Refuse a value that contains itself (a YAML anchor used inside itself, ``&a [*a]``) or that
+    nests deeper than :data:`MAX_DEPTH`, naming its key; walked without recursion."""
+    stack: list[tuple[Any, str, tuple[int, ...]]] = [(values, "", ())]
+    while stack:
+        value, key, ancestors = stack.pop()
+        if not isinstance(value, (dict, list, tuple)):
+            continue
+        where = key or "config"
+        if id(value) in ancestors:
+            raise ConfigError(f"{where}: contains itself (a YAML alias inside its own anchor); write the value out.")
+        if len(ancestors) >= MAX_DEPTH:
+            raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep; a config needs a few.")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for name, item in items:
+            child = f"{key}.{name}" if isinstance(value, dict) else f"{key}[{name}]"
+            stack.append((item, child.lstrip("."), (*ancestors, id(value))))
 
 
 def from_dict(values: dict[str, Any]) -> Config:
     """Read and validate a Config from a (possibly partial) nested dict; missing keys keep defaults."""
+    _check_nesting(values)
     return validate(_from_dict(Config, values or {}, ""))
 
 
@@ -241,8 +259,22 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
                 raise ConfigError(f"--set {key}: {'.'.join(parents[: depth + 1])} is not a mapping.")
             target[name] = child
             target = child
-        target[leaf] = yaml.safe_load(raw)
+        target[leaf] = _parse_yaml(raw, f"--set {key}", "write the value as YAML (a number, a word, [1, 2], {name: x}; "
+                                                  "quote a string with special characters; no !! tags)")
     return values
+
+
+def _parse_yaml(text: str, where: str, fix: str) -> Any:
+    """``text`` parsed as YAML (safe tags only), or a ConfigError naming ``where`` with the parser's
+    reason and ``fix``: how to write it."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        reason = " ".join(str(error).split())  # the parser's message, on one line
+        raise ConfigError(f"{where}: not valid YAML ({reason}); {fix}.") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to read as YAML; a config is a few levels of "
+                          "mappings and short lists.") from None
 
 
 def shipped_configs() -> dict[str, Path]:
@@ -262,15 +294,32 @@ def read_yaml(name_or_path: str | Path) -> dict[str, Any]:
                 f"Shipped configs: {', '.join(sorted(configs))} (or give a path to a .yaml file)."
             )
         path = configs[str(name_or_path)]
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist.")
-    try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+    values = _parse_yaml(_read_text(path), f"config file {str(path)!r}",
+                         "fix the line the parser points at (plain YAML: no !! tags)")
     if values is not None and not isinstance(values, dict):
         raise ConfigError(f"config file {str(path)!r}: expected a mapping at the top level.")
     return values or {}
+
+
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of a config file, or a ConfigError naming it and saying what is wrong."""
+    where = f"config file {str(path)!r}"
+    try:
+        if path.is_dir():
+            raise ConfigError(f"{where} is a folder, not a file; give the path of a .yaml file.")
+        if not path.exists():
+            raise ConfigError(f"{where} does not exist; check the path (or give a shipped config's name).")
+        if not path.is_file():
+            raise ConfigError(f"{where} is not a regular file (a device or a pipe?); give the path of a .yaml file.")
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{where} is not UTF-8 text (byte {error.start} is {error.object[error.start:error.start + 1]!r}); "
+            "save it as UTF-8 (a YAML file, not a binary or UTF-16 one)."
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"{where} cannot be read ({error.strerror or error}); check the path and the file's "
+                          "permissions.") from None
 
 
 def load_config(name_or_path: str | Path = "default", overrides: list[str] | None = None) -> Config:

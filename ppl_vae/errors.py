@@ -1,5 +1,15 @@
-"""The project's own error types: every user mistake surfaces as one of these, with a message that
-says what was wrong and how to fix it."""
+"""The project's own error and warning types: every user mistake surfaces as one of these errors, with
+a message that says what was wrong and how to fix it; a result the project doubts comes with a
+:class:`DiagnosticWarning`, one sentence of ours (shown without a source line by command-line
+programs, inside :func:`concise_warnings`)."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
 
 
 class PplVaeError(Exception):
@@ -33,3 +43,35 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 class EvaluationError(PplVaeError):
     """An evaluation cannot be computed for this model (for example, a latent outside the data plate)."""
+
+
+class DiagnosticWarning(UserWarning):
+    """An evaluation ran, but a diagnostic says its numbers may be unreliable (for example PSIS k̂ > 0.7).
+    The message is one sentence: what was found, what it means and what to do about it."""
+
+
+def warn_diagnostic(message: str, stacklevel: int = 1) -> None:
+    """Warn with a :class:`DiagnosticWarning`, attributed ``stacklevel`` frames above the caller
+    (1: the function that calls this one), as ``warnings.warn`` counts them."""
+    warnings.warn(message, DiagnosticWarning, stacklevel=stacklevel + 1)
+
+
+@contextmanager
+def concise_warnings(program: str) -> Iterator[None]:
+    """Within the block, show each :class:`DiagnosticWarning` as the single line
+    ``<program>: warning: <message>`` on stderr; every other warning is shown as before.
+
+    For command-line programs, around the whole command (the block restores the warnings module's
+    state on exit, as ``warnings.catch_warnings`` does). Filters still decide which warnings are shown."""
+    with warnings.catch_warnings():
+        shown_before = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+            if issubclass(category, DiagnosticWarning):
+                print(f"{program}: warning: {message}", file=file or sys.stderr)
+            else:
+                shown_before(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield

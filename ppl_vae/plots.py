@@ -46,6 +46,7 @@ PANEL_SIZE = (4.0, 3.2)  # inches per panel of curves (width, height)
 PANELS_PER_ROW = 4  # training-curve panels wrap after this many
 IMAGE_GRID_WIDTH = 6.0  # inches across a square grid of images (samples)
 MANIFOLD_WIDTH = 7.0  # inches across the decoded manifold
+MANIFOLD_QUANTILES = (0.05, 0.95)  # the manifold's grid spans these quantiles of the prior or of the codes
 IMAGE_COLUMN_WIDTH = 1.0  # inches per column of a two-row image strip (reconstructions)
 MARKER_SIZE = 4  # points; every curve has markers, so a one-epoch run still shows
 
@@ -129,8 +130,9 @@ def plot_training_curves(
     - every term the objective reported (``train_<term>``; ELBO, reconstruction and KL first), with
       the test curve where the history has ``test_<term>``, labelled from ``term_labels`` (the
       objective's ``term_labels``) for terms beyond those three;
-    - β, the KL weight, from 0 up; left out when the objective has status panels and β stayed 1
-      (an objective that weighs the KL itself, such as GECO);
+    - β, the KL weight, from 0 up, when it changed between epochs; a β that did not is written in
+      the figure's title instead (a flat line says less), except β = 1 with status panels (an
+      objective that weighs the KL itself, such as GECO);
     - one panel per key of ``status_panels`` (the objective's ``status_panels``: key → (axis label,
       "linear" or "log" y scale)) that the history holds.
     """
@@ -141,7 +143,8 @@ def plot_training_curves(
     term_names = [name for name in TERM_LABELS if name in reported]
     term_names += [name for name in reported if name not in TERM_LABELS]
     betas = [record["beta"] for record in history if "beta" in record]
-    show_beta = bool(betas) and not (status_panels and all(beta == 1 for beta in betas))
+    show_beta = len(set(betas)) > 1
+    beta_title = bool(betas) and not show_beta and not (status_panels and betas[0] == 1)
     status_keys = [key for key in status_panels if any(key in record for record in history)]
 
     count = max(1, len(term_names) + show_beta + len(status_keys))
@@ -164,6 +167,8 @@ def plot_training_curves(
         _plot_key(ax, history, "beta", clip_on=False)  # β = 0 (an autoencoder) sits on the x axis, unclipped
         ax.set_ylim(0, 1.05 * max(1.0, *betas))
         ax.set_ylabel(BETA_LABEL)
+    if beta_title:
+        fig.suptitle(f"{BETA_LABEL} = {betas[0]:g} at the end of every epoch")
     for key in status_keys:
         ax = next(panels)
         label, scale = status_panels[key]
@@ -190,11 +195,17 @@ def _plot_key(ax: Axes, history: list[dict[str, Any]], key: str, **line_style: A
 
 
 @torch.no_grad()
+def posterior_means(vae: VAE, x: torch.Tensor) -> torch.Tensor:
+    """The posterior means E_q[z|x] of the rows of ``x``, (datapoints, latent_dim): the codes that
+    :func:`plot_latent_scatter` draws and that set :func:`plot_manifold`'s grid."""
+    return vae.encode(x).mean
+
+
 def plot_latent_scatter(
     vae: VAE, x: torch.Tensor, labels: torch.Tensor | None, path: str | Path | None = None
 ) -> Figure:
     """Posterior means of a 2-D latent space, coloured by label where the data have labels."""
-    means = vae.encode(x).mean.cpu().numpy()
+    means = posterior_means(vae, x).cpu().numpy()
     fig = new_figure(6.0, 5.0)
     ax = fig.add_subplot()
     if labels is None:
@@ -206,26 +217,61 @@ def plot_latent_scatter(
     return _saved(fig, path)
 
 
+def manifold_grid(steps: int, codes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The z[0] and z[1] values of :func:`plot_manifold`'s grid, ``steps`` each, increasing.
+
+    Without ``codes``: the prior's quantiles (the inverse normal CDF, as in AEVB Fig. 4) at
+    probabilities evenly spaced between the two :data:`MANIFOLD_QUANTILES`. With ``codes``
+    (datapoints, 2), such as :func:`posterior_means` of the test set: along each axis, evenly spaced
+    from the codes' lower to their upper :data:`MANIFOLD_QUANTILES` quantile, where the data lie
+    (after a short run, or for an autoencoder, often far from the prior's); an axis along which those
+    quantiles coincide (every code the same there) keeps the prior's grid."""
+    prior_values = Normal(0.0, 1.0).icdf(torch.linspace(*MANIFOLD_QUANTILES, steps))
+    if codes is None:
+        return prior_values, prior_values
+    if codes.dim() != 2 or codes.shape[0] == 0 or codes.shape[1] != 2:
+        raise ValueError(f"the manifold needs codes of shape (datapoints, 2), got shape {tuple(codes.shape)}.")
+    low, high = torch.quantile(codes.detach().cpu().float(), torch.tensor(MANIFOLD_QUANTILES), dim=0).tolist()
+    x_values, y_values = (
+        torch.linspace(low[axis], high[axis], steps) if high[axis] > low[axis] else prior_values for axis in (0, 1)
+    )
+    return x_values, y_values
+
+
+def _tick_labels(values: torch.Tensor) -> list[str]:
+    """``values`` (increasing) as tick labels with two decimals, or as many more as tell neighbours apart."""
+    step = (values[1:] - values[:-1]).min().item() if len(values) > 1 else 1.0
+    decimals = max(2, -math.floor(math.log10(step))) if step > 0 else 2  # rounding keeps neighbours apart
+    return [f"{value:.{decimals}f}" for value in values.tolist()]
+
+
 @torch.no_grad()
 def plot_manifold(
-    vae: VAE, image_shape: tuple[int, int], path: str | Path | None = None, steps: int = 20
+    vae: VAE,
+    image_shape: tuple[int, int],
+    path: str | Path | None = None,
+    steps: int = 20,
+    codes: torch.Tensor | None = None,
 ) -> Figure:
-    """The decoded 2-D manifold: E[x|z] on a grid of z through the inverse normal CDF (AEVB Fig. 4),
-    z[0] along the columns and z[1] up the rows, with the z values as tick labels."""
-    values = Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, steps))
+    """The decoded 2-D manifold: E[x|z] on a ``steps`` x ``steps`` grid of z (see :func:`manifold_grid`:
+    where the ``codes`` lie when given, e.g. ``posterior_means(vae, test_x)``, else through the
+    inverse normal CDF as in AEVB Fig. 4), z[0] along the columns and z[1] up the rows, with the z
+    values as tick labels."""
+    x_values, y_values = manifold_grid(steps, codes)
     device = next(vae.parameters()).device
-    z1, z0 = torch.meshgrid(values.flip(0), values, indexing="ij")  # rows: z[1] from high to low
+    z1, z0 = torch.meshgrid(y_values.flip(0), x_values, indexing="ij")  # rows: z[1] from high to low
     z = torch.stack([z0.reshape(-1), z1.reshape(-1)], dim=1).to(device)
     height, width = image_shape
     gap = 1
     fig = new_figure(MANIFOLD_WIDTH, MANIFOLD_WIDTH * height / width)
     ax = fig.add_subplot()
-    image_axes(ax, image_grid(vae.decoded_mean(z), image_shape, steps, gap), "learned manifold E[x|z]")
+    low, high = (f"{100 * q:g}%" for q in MANIFOLD_QUANTILES)
+    source = "the codes'" if codes is not None else "the prior's"
+    title = f"learned manifold E[x|z], z from {source} {low} to {high} quantiles"
+    image_axes(ax, image_grid(vae.decoded_mean(z), image_shape, steps, gap), title)
     tiles = np.arange(steps)  # a tick at the centre of every tile, labelled with its z value
-    ax.set_xticks(tiles * (width + gap) + (width - 1) / 2, [f"{v:.2f}" for v in values.tolist()],
-                  rotation=90, fontsize="small")
-    ax.set_yticks(tiles * (height + gap) + (height - 1) / 2, [f"{v:.2f}" for v in values.flip(0).tolist()],
-                  fontsize="small")
+    ax.set_xticks(tiles * (width + gap) + (width - 1) / 2, _tick_labels(x_values), rotation=90, fontsize="small")
+    ax.set_yticks(tiles * (height + gap) + (height - 1) / 2, _tick_labels(y_values)[::-1], fontsize="small")
     ax.set(xlabel="z[0]", ylabel="z[1]")
     return _saved(fig, path)
 

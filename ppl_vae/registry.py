@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import re
 import typing
 from typing import Any, Callable, Generic, TypeVar
 
 from ppl_vae.errors import ConfigError
-from ppl_vae.validation import check_type, suggest
+from ppl_vae.validation import allocation_checked, check_type, suggest
 
 T = TypeVar("T")
 
@@ -60,10 +61,12 @@ class Registry(Generic[T]):
 
     def check_options(self, name: str, options: dict[str, Any], key: str) -> dict[str, Any]:
         """Check a part's options against its signature; return them converted to the annotated
-        types. A ConfigError names ``key.option`` for an unknown, missing or mistyped option."""
+        types. A ConfigError names ``key.option`` for an unknown, missing or mistyped option, or one
+        outside the range its annotation allows (``Annotated[int, Bounds(1)]``, see
+        :mod:`ppl_vae.validation`)."""
         factory = self.get(name, key)
         accepted = self.options(name)
-        hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+        hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory, include_extras=True)
         checked = {}
         for option, value in options.items():
             if option not in accepted:
@@ -79,9 +82,16 @@ class Registry(Generic[T]):
         return checked
 
     def build(self, spec: Any, key: str, *inputs: Any) -> T:
-        """Call the factory of a config part (``spec.name`` with ``spec.options``) on ``inputs``;
-        a ConfigError raised by the factory gets ``key`` prefixed so it names the config entry."""
+        """Call the factory of a config part (``spec.name`` with ``spec.options``, checked by
+        :meth:`check_options`) on ``inputs``. A ConfigError raised by the factory gets ``key``
+        prefixed so it names the config entry; a failure to allocate memory while building becomes
+        a ConfigError naming ``key`` ("too large to allocate")."""
+        options = self.check_options(spec.name, spec.options, key)
         try:
-            return self.get(spec.name, key)(*inputs, **spec.options)
+            with allocation_checked(key):
+                return self.get(spec.name, key)(*inputs, **options)
         except ConfigError as error:
-            raise ConfigError(f"{key}.{error}") from None
+            if str(error).startswith(f"{key}:"):
+                raise
+            about_an_option = re.match(r"\w+(\[\d+\])?: ", str(error))  # "sigma: must be > 0 ..."
+            raise ConfigError(f"{key}{'.' if about_an_option else ': '}{error}") from None

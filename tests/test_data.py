@@ -404,3 +404,42 @@ def test_batches_on_cuda_match_cpu():
     on_cuda = batches(x.cuda(), 32, torch.Generator().manual_seed(3), binarize=True)
     for cpu_batch, cuda_batch in zip(on_cpu, on_cuda, strict=True):
         assert cuda_batch.is_cuda and torch.equal(cuda_batch.cpu(), cpu_batch)
+
+
+# -- regressions of the fuzzer's findings: each ends in our error naming the file or key ----------
+
+def test_folder_in_place_of_a_data_file_is_refused(tmp_path: Path):
+    (tmp_path / "frey_rawface.mat").mkdir()
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'frey_rawface.mat'} is a folder where the dataset")):
+        load_dataset("frey", tmp_path, download=False)
+
+
+def test_unreadable_data_file_is_refused(frey_path: Path, tmp_path: Path, monkeypatch):
+    path = tmp_path / "frey_rawface.mat"
+    shutil.copyfile(frey_path, path)
+    path.chmod(0)
+    if os.geteuid() == 0:  # chmod does not stop root: refuse opening this file as the OS would for others
+        opened = Path.open
+
+        def refusing_open(self: Path, *args, **kwargs):
+            if self == path:
+                raise PermissionError(13, "Permission denied", str(self))
+            return opened(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "open", refusing_open)
+    with pytest.raises(DataError, match=re.escape(f"{path}: cannot be read (Permission denied)") + ".*chmod u\\+r"):
+        load_dataset("frey", tmp_path, download=False)
+
+
+def test_failed_download_leaves_no_new_folders(monkeypatch, tmp_path: Path):
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen({}))
+    with pytest.raises(DataError, match="Missing dataset files"):
+        load_dataset("mnist", tmp_path / "new" / "data")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["digits", "mixture2d"])
+def test_data_dir_for_a_built_in_dataset_is_refused(name: str, tmp_path: Path):
+    with pytest.raises(ConfigError, match=f"^data.data_dir: dataset '{name}' is built in and reads no files"):
+        load_dataset(name, tmp_path)
+    assert load_dataset(name).name == name  # without a folder: the default is fine

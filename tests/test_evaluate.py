@@ -24,12 +24,15 @@ from torch.distributions import MultivariateNormal  # noqa: E402
 
 from ppl_vae.errors import EvaluationError  # noqa: E402
 from ppl_vae.evaluation import (  # noqa: E402
+    PSIS_MIN_SAMPLES,
+    DiagnosticWarning,
     evaluate_elbo,
     importance_sample,
     kl_per_dimension,
     latent_health,
     log_likelihood,
     marginal_kl,
+    psis_khat,
     to_inference_data,
     unit_activity,
 )
@@ -296,7 +299,7 @@ def test_particle_chunks_give_identical_results(bernoulli_run):
         torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), rtol=0, atol=0)
 
 
-@pytest.mark.filterwarnings("ignore:PSIS")
+@pytest.mark.filterwarnings("ignore::ppl_vae.evaluation.DiagnosticWarning")
 def test_shapes_per_datapoint_and_psis_warning(bernoulli_run):
     vae, x = bernoulli_run.vae, binarized_test_digits(bernoulli_run, 37)
     estimate = importance_sample(vae.model, vae.guide, x, num_samples=60, batch_size=10, particle_batch_size=25)
@@ -304,9 +307,61 @@ def test_shapes_per_datapoint_and_psis_warning(bernoulli_run):
         assert getattr(estimate, name).shape == (37,)
     assert bool(((estimate.ess >= 1) & (estimate.ess <= 60)).all())
     assert estimate.bits_per_dim(64) == pytest.approx(-estimate.log_likelihood.mean().item() / (64 * math.log(2)))
-    with pytest.warns(UserWarning, match="PSIS k̂ > 0.7") as warned:  # 10 samples are too few to fit the tail
-        importance_sample(vae.model, vae.guide, x[:3], num_samples=10)
-    assert [w.filename for w in warned if "PSIS" in str(w.message)] == [__file__]  # reported at the caller
+    pyro.set_rng_seed(0)
+    with pytest.warns(DiagnosticWarning, match="PSIS k̂ > 0.7") as warned:  # 21 samples: barely enough for a tail
+        importance_sample(vae.model, vae.guide, x, num_samples=PSIS_MIN_SAMPLES)
+    assert len(warned) == 1
+    message = str(warned[0].message)
+    assert "\n" not in message and message.endswith("use more importance samples or a better guide.")
+    assert warned[0].filename == __file__  # reported at the caller
+
+
+def test_one_importance_sample_is_the_elbo_with_no_khat():
+    ppca = PPCA(guide_shift=0.3)
+    vae, x = ppca.vae, ppca.sample_data(6)
+    pyro.set_rng_seed(4)
+    with pytest.warns(DiagnosticWarning, match=f"not computed: it needs at least {PSIS_MIN_SAMPLES} .* got 1,"):
+        estimate = importance_sample(vae.model, vae.guide, x, num_samples=1)
+    torch.testing.assert_close(estimate.log_likelihood, estimate.elbo)
+    torch.testing.assert_close(estimate.ess, torch.ones(6, dtype=torch.float64))
+    assert bool(torch.isinf(estimate.khat).all()) and estimate.khat.shape == (6,)
+    # below the minimum, k̂ is inf as ArviZ's would be, without calling ArviZ (which fails on one sample)
+    weights = torch.randn(PSIS_MIN_SAMPLES, 4, dtype=torch.float64)
+    assert bool(torch.isinf(psis_khat(weights[:-1])).all()) and bool(torch.isfinite(psis_khat(weights)).all())
+    with pytest.raises(EvaluationError, match=r"\(num_samples, datapoints\), got shape \(21,\)"):
+        psis_khat(weights[:, 0])
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda vae, x: importance_sample(vae.model, vae.guide, x, num_samples=0), "num_samples must be .* >= 1, got 0"),
+    (lambda vae, x: importance_sample(vae.model, vae.guide, x, num_samples=2.5), "num_samples .* got 2.5"),
+    (lambda vae, x: importance_sample(vae.model, vae.guide, x, batch_size=True), "batch_size .* got True"),
+    (lambda vae, x: log_likelihood(vae.model, vae.guide, x, particle_batch_size=-1), "particle_batch_size .* got -1"),
+    (lambda vae, x: evaluate_elbo(vae.model, vae.guide, x, num_particles=0), "num_particles .* got 0"),
+    (lambda vae, x: evaluate_elbo(vae.model, vae.guide, x, batch_size=0), "batch_size .* got 0"),
+    (lambda vae, x: kl_per_dimension(vae.model, vae.guide, x, num_samples=0), "num_samples .* got 0"),
+    (lambda vae, x: unit_activity(vae.model, vae.guide, x, batch_size="10"), "batch_size .* got '10'"),
+    (lambda vae, x: marginal_kl(vae.model, vae.guide, x, batch_size=0), "batch_size .* got 0"),
+    (lambda vae, x: to_inference_data(vae.model, vae.guide, x, num_samples=0), "num_samples .* got 0"),
+], ids=["K=0", "K=2.5", "batch=True", "particles<0", "elbo-particles", "elbo-batch", "kl-samples", "activity-batch",
+        "marginal-batch", "arviz-samples"])
+def test_keyword_options_are_checked(call, message):
+    ppca = PPCA()
+    with pytest.raises(EvaluationError, match=message):
+        call(ppca.vae, ppca.sample_data(4))
+
+
+def test_latent_health_progress_bar_leaves_results_alone(capsys):
+    ppca = PPCA()
+    x = ppca.sample_data(300)
+    pyro.set_rng_seed(8)
+    quiet = latent_health(ppca.vae.model, ppca.vae.guide, x)
+    assert "marginal KL" not in capsys.readouterr().err
+    pyro.set_rng_seed(8)
+    shown = latent_health(ppca.vae.model, ppca.vae.guide, x, progress=True)
+    assert shown == quiet
+    bar = capsys.readouterr().err
+    assert "marginal KL" in bar and "300/300" in bar
 
 
 @pytest.mark.filterwarnings("ignore::matplotlib.MatplotlibDeprecationWarning")  # inside ArviZ 0.23
@@ -323,7 +378,7 @@ def test_posterior_samples_as_inference_data():
     plt.close("all")
 
 
-@pytest.mark.filterwarnings("ignore:PSIS")
+@pytest.mark.filterwarnings("ignore::ppl_vae.evaluation.DiagnosticWarning")
 def test_cli_eval_writes_eval_json(bernoulli_run, capsys):
     from ppl_vae.cli import main
 
@@ -376,6 +431,7 @@ def test_latent_health_of_non_factorized_parts_keeps_the_total_kl(parts):
     assert health["mutual_information"] == pytest.approx(health["kl"] - health["marginal_kl"])
 
 
+@pytest.mark.filterwarnings("ignore::ppl_vae.evaluation.DiagnosticWarning")  # 30 samples: k̂ is above 0.7 for some
 def test_eval_rebuilds_a_convolutional_run(tmp_path):
     """The image shape the conv nets need comes from the dataset, as it did in training."""
     from ppl_vae.config import from_dict

@@ -19,6 +19,7 @@ import os
 import zipfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import scipy.io
@@ -28,7 +29,7 @@ import torch
 from ppl_vae.data.batching import sample_binary
 from ppl_vae.data.files import (DELETE_CORRUPTED, DISCARDED_DOWNLOAD, DataFile, check_array_sha256, data_dir,
                                 downloaded, fetch, temporary_file)
-from ppl_vae.errors import DataError
+from ppl_vae.errors import ConfigError, DataError
 from ppl_vae.registry import Registry
 
 MNIST_MIRRORS = (
@@ -123,14 +124,36 @@ def load_dataset(
     against their SHA256, and downloaded there first if missing and ``download`` is true.
     """
     loader = DATASETS.get(name, key="data.name")
+    if data_dir is not None and not reads_files(loader):
+        raise ConfigError(
+            f"data.data_dir: dataset {name!r} is built in and reads no files, so the data folder "
+            f"{str(data_dir)!r} would be ignored; leave data.data_dir (--data-dir) unset for it, or choose a "
+            "dataset that is read from files."
+        )
     dataset = check_dataset(loader(_find_data_dir(data_dir), download))
     return dataset.to(device)
+
+
+Loader = Callable[[Path, bool], Dataset]
+
+
+def built_in(loader: Loader) -> Loader:
+    """Mark a dataset loader as reading no files (its data ship with a library or are generated):
+    :func:`load_dataset` then refuses an explicit data folder, which it would ignore."""
+    loader.reads_files = False
+    return loader
+
+
+def reads_files(loader: Loader) -> bool:
+    """Whether a registered dataset loader reads files from the data folder (see :func:`built_in`)."""
+    return getattr(loader, "reads_files", True)
 
 
 # -- the datasets --------------------------------------------------------------------------------
 
 
 @DATASETS.register("digits")
+@built_in
 def load_digits(data_dir: Path, download: bool = True) -> Dataset:
     """scikit-learn's 8x8 handwritten digits (bundled with scikit-learn: no file, no download).
 
@@ -222,6 +245,7 @@ MIXTURE_SIZES = (2000, 500)
 
 
 @DATASETS.register("mixture2d")
+@built_in
 def load_mixture2d(data_dir: Path, download: bool = True) -> Dataset:
     """A 2-D mixture of four Gaussians (std 0.02) in the unit square, in two pairs: the pairs are
     0.6 apart, the clusters in a pair 0.2 apart (Taming VAEs Fig. 2, β-VAE phase transitions).

@@ -38,7 +38,11 @@ def data_dir(explicit: str | os.PathLike | None = None) -> Path:
     """The folder datasets are read from: ``explicit`` if given, else $PPL_VAE_DATA, else
     ~/.cache/ppl_vae."""
     folder = explicit or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
-    return Path(folder).expanduser()
+    try:
+        return Path(folder).expanduser()
+    except RuntimeError:  # ~user of no such user
+        raise DataError(f"data folder {str(folder)!r}: cannot expand '~' (no such user or home folder); give a full "
+                        f"path (--data-dir, data.data_dir or ${DATA_DIR_ENV}).") from None
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,12 @@ def fetch(files: list[DataFile], folder: Path, download: bool) -> list[Path]:
     """The paths of ``files`` in ``folder``, downloading missing ones if ``download``, each checked
     against its SHA256. One DataError lists every file still missing."""
     paths = [folder / file.relpath for file in files]
+    for path in paths:
+        with _readable(path):  # a name too long, a folder that may not be listed...
+            is_dir = path.is_dir()
+        if is_dir:
+            raise DataError(f"{path} is a folder where the dataset file should be; remove it (and load again "
+                            "to download the file) or put the file there.")
     failures = []
     for file, path in zip(files, paths):
         if download and not path.exists():
@@ -80,6 +90,19 @@ def fetch(files: list[DataFile], folder: Path, download: bool) -> list[Path]:
         if file.sha256:
             check_file_sha256(path, file.sha256)
     return paths
+
+
+@contextlib.contextmanager
+def _readable(path: Path) -> Iterator[None]:
+    """Turn an OSError while reading ``path`` in the block (no permission, a folder, an I/O error)
+    into a DataError naming the file and how to fix it."""
+    try:
+        yield
+    except OSError as error:
+        raise DataError(
+            f"{path}: cannot be read ({error.strerror or error}); check the path and that it is a file you may "
+            "read (e.g. chmod u+r), or delete it and load again to re-download it."
+        ) from None
 
 
 def _missing_files_message(
@@ -105,20 +128,34 @@ def _download(file: DataFile, path: Path) -> None:
     Raises OSError (network) or DataError (wrong bytes), listing every URL tried; on failure
     nothing is left at ``path``.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if file.assemble:
-        file.assemble(path)
-        return
-    failures = []
-    for url in file.urls:
-        try:
-            with downloaded(url, path.parent) as part:
-                check_file_sha256(part, file.sha256, shown_as=url, fix=DISCARDED_DOWNLOAD)
-                os.replace(part, path)
+    with _new_folders_removed_unless_filled(path.parent):
+        if file.assemble:
+            file.assemble(path)
             return
-        except (OSError, DataError) as error:
-            failures.append(f"{url}: {error}")
-    raise OSError("; ".join(failures))
+        failures = []
+        for url in file.urls:
+            try:
+                with downloaded(url, path.parent) as part:
+                    check_file_sha256(part, file.sha256, shown_as=url, fix=DISCARDED_DOWNLOAD)
+                    os.replace(part, path)
+                return
+            except (OSError, DataError) as error:
+                failures.append(f"{url}: {error}")
+        raise OSError("; ".join(failures))
+
+
+@contextlib.contextmanager
+def _new_folders_removed_unless_filled(folder: Path) -> Iterator[None]:
+    """Create ``folder`` and its missing parents for the block, and remove on exit those it created
+    that are still empty: a failed download leaves no new empty folders behind."""
+    created = [parent for parent in (folder, *folder.parents) if not parent.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    finally:
+        for new in created:  # deepest first
+            with contextlib.suppress(OSError):  # not empty: a file was written
+                new.rmdir()
 
 
 @contextlib.contextmanager
@@ -153,7 +190,7 @@ def temporary_file(folder: Path) -> Iterator[Path]:
 def check_file_sha256(
     path: Path, expected: str, shown_as: str | None = None, fix: str = DELETE_CORRUPTED
 ) -> None:
-    with path.open("rb") as file:
+    with _readable(path), path.open("rb") as file:
         actual = hashlib.file_digest(file, "sha256").hexdigest()
     if actual != expected:
         raise DataError(f"{shown_as or path}: SHA256 {actual}, expected {expected}. {fix}")

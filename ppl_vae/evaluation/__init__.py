@@ -10,13 +10,18 @@ elbo = reconstruction - kl.
 - :mod:`~ppl_vae.evaluation.elbo`: the ELBO and its terms;
 - :mod:`~ppl_vae.evaluation.importance`: the importance-sampled log-likelihood, ESS and PSIS k̂;
 - :mod:`~ppl_vae.evaluation.latent`: KL per dimension, active units, marginal KL, mutual information;
-- :mod:`~ppl_vae.evaluation.arviz`: posterior draws as ArviZ ``InferenceData``.
+- :mod:`~ppl_vae.evaluation.arviz`: posterior draws as ArviZ ``InferenceData``;
+- :class:`~ppl_vae.errors.DiagnosticWarning`, the one-sentence warning an
+  evaluation gives when a diagnostic doubts its numbers, and :func:`concise_warnings` to show it as
+  one line in a command-line program.
 """
 
 from ppl_vae.evaluation.arviz import to_inference_data
+from ppl_vae.errors import DiagnosticWarning, concise_warnings
 from ppl_vae.evaluation.elbo import evaluate_elbo
 from ppl_vae.evaluation.importance import (
     PSIS_KHAT_THRESHOLD,
+    PSIS_MIN_SAMPLES,
     ImportanceEstimate,
     importance_sample,
     log_likelihood,
@@ -33,7 +38,10 @@ from ppl_vae.evaluation.latent import (
 __all__ = [
     "ACTIVE_UNIT_THRESHOLD",
     "PSIS_KHAT_THRESHOLD",
+    "PSIS_MIN_SAMPLES",
+    "DiagnosticWarning",
     "ImportanceEstimate",
+    "concise_warnings",
     "evaluate_elbo",
     "importance_sample",
     "kl_per_dimension",

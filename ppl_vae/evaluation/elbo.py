@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-from ppl_vae.evaluation.inputs import chunks, count_datapoints
+from ppl_vae.evaluation.inputs import check_counts, chunks, count_datapoints
 from ppl_vae.objectives.traces import elbo_terms, trace_pair
 
 
@@ -19,6 +19,7 @@ def evaluate_elbo(
     elbo = reconstruction - kl, with reconstruction = E_q[Σ log p(obs|z)] and kl = KL(q(z|data) || p(z)),
     each averaged over ``num_particles`` draws per datapoint, ``batch_size`` datapoints at a time.
     """
+    check_counts(batch_size=batch_size, num_particles=num_particles)
     num_datapoints = count_datapoints(data)
     totals = torch.zeros(2, device=data[0].device)
     for chunk in chunks(data, batch_size):

@@ -11,7 +11,6 @@ unlike Pyro's ``Importance``, it keeps the data plate.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,11 +19,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ppl_vae.errors import EvaluationError
-from ppl_vae.evaluation.inputs import chunks, count_datapoints
+from ppl_vae.evaluation.arviz import import_arviz
+from ppl_vae.errors import warn_diagnostic
+from ppl_vae.evaluation.inputs import check_counts, chunks, count_datapoints
 from ppl_vae.evaluation.plates import plate_layout
 from ppl_vae.objectives.traces import log_weights
 
 PSIS_KHAT_THRESHOLD = 0.7  # ArviZ's guidance: above it, the importance-sampling estimate is unreliable
+# ArviZ fits the Pareto tail to the ceil(K/5) largest weights (for K < 225) and needs more than 4 of them
+PSIS_MIN_SAMPLES = 21
 
 
 @dataclass
@@ -33,7 +36,8 @@ class ImportanceEstimate:
 
     ``log_likelihood``: log p(x) estimates (nats); ``elbo``: the mean log-weight, a K-sample ELBO
     estimate (nats, <= log_likelihood); ``ess``: effective sample size (Σw)²/Σw², between 1 and
-    K; ``khat``: PSIS Pareto k̂ (ArviZ ``psislw``), or None when not computed.
+    K; ``khat``: PSIS Pareto k̂ (ArviZ ``psislw``; inf where the tail could not be fitted, every
+    datapoint's below :data:`PSIS_MIN_SAMPLES` samples), or None when not asked for.
     """
 
     log_likelihood: torch.Tensor
@@ -48,12 +52,18 @@ class ImportanceEstimate:
 
 
 def psis_khat(weights: torch.Tensor) -> torch.Tensor:
-    """PSIS Pareto k̂ of each column of log-weights (num_samples, datapoints), by ArviZ.
+    """PSIS Pareto k̂ of each column of log-weights (num_samples, datapoints), by ArviZ's ``psislw``.
 
-    k̂ is inf where the tail is too short to fit (fewer than about 25 samples, or equal weights)."""
-    import arviz as az  # imported when used: it is slow to import and warns about its coming 1.0
-
-    _, khat = az.psislw(weights.T.double().cpu().numpy())
+    k̂ is inf where the tail is too short to fit: for every column when there are fewer than
+    :data:`PSIS_MIN_SAMPLES` samples (ArviZ is not called then: it fails on a single sample), and
+    where too few weights stand above the rest (equal weights, as from the exact posterior)."""
+    if weights.dim() != 2:
+        raise EvaluationError(
+            f"psis_khat needs log-weights of shape (num_samples, datapoints), got shape {tuple(weights.shape)}."
+        )
+    if weights.shape[0] < PSIS_MIN_SAMPLES:
+        return torch.full(weights.shape[1:], math.inf, dtype=weights.dtype)
+    _, khat = import_arviz().psislw(weights.T.double().cpu().numpy())
     return torch.as_tensor(np.asarray(khat), dtype=weights.dtype)
 
 
@@ -73,13 +83,14 @@ def importance_sample(
 
     Memory is bounded by chunking: ``batch_size`` datapoints at a time, their ``num_samples``
     particles drawn ``particle_batch_size`` at a time; only the (num_samples, batch_size)
-    log-weights of one chunk of datapoints are held. With ``psis``, warns when any k̂ > 0.7.
+    log-weights of one chunk of datapoints are held.
+
+    With ``psis``, warns (one :class:`~ppl_vae.errors.DiagnosticWarning`) when any
+    k̂ > 0.7, or that k̂ could not be computed with fewer than :data:`PSIS_MIN_SAMPLES` samples
+    (every k̂ is inf then). One sample is allowed: its log p(x) estimate is the single-sample ELBO
+    and its ESS is 1.
     """
-    if num_samples < 1 or batch_size < 1 or particle_batch_size < 1:
-        raise EvaluationError(
-            f"num_samples, batch_size and particle_batch_size must be >= 1, got {num_samples}, {batch_size} and "
-            f"{particle_batch_size}."
-        )
+    check_counts(num_samples=num_samples, batch_size=batch_size, particle_batch_size=particle_batch_size)
     layout = plate_layout(model, guide, *data)
     results: dict[str, list[torch.Tensor]] = {"log_likelihood": [], "elbo": [], "ess": [], "khat": []}
     with tqdm(total=count_datapoints(data), unit="datapoint", disable=not progress, dynamic_ncols=True) as bar:
@@ -97,14 +108,8 @@ def importance_sample(
                 results["khat"].append(psis_khat(weights))
             bar.update(weights.shape[1])
     khat = torch.cat(results["khat"]) if psis else None
-    if khat is not None and bool((khat > PSIS_KHAT_THRESHOLD).any()):
-        unreliable = int((khat > PSIS_KHAT_THRESHOLD).sum())
-        warnings.warn(
-            f"PSIS k̂ > {PSIS_KHAT_THRESHOLD} for {unreliable} of {len(khat)} datapoints "
-            f"(max {khat.max().item():.2f}): the guide is a poor proposal there and their log-likelihood estimates"
-            " may be far too low; use more samples or a better guide (k̂ = inf: too few samples to fit the tail).",
-            stacklevel=3,  # the caller of importance_sample, past torch.no_grad's wrapper
-        )
+    if khat is not None:
+        _warn_about_khat(khat, num_samples)
     return ImportanceEstimate(
         log_likelihood=torch.cat(results["log_likelihood"]),
         elbo=torch.cat(results["elbo"]),
@@ -112,6 +117,29 @@ def importance_sample(
         khat=khat,
         num_samples=num_samples,
     )
+
+
+def _warn_about_khat(khat: torch.Tensor, num_samples: int) -> None:
+    """One diagnostic warning, attributed to the caller of :func:`importance_sample`, when k̂ says the
+    estimates may be unreliable or could not be computed at all."""
+    stacklevel = 4  # past this function, importance_sample and torch.no_grad's wrapper
+    if num_samples < PSIS_MIN_SAMPLES:
+        warn_diagnostic(
+            f"PSIS k̂ was not computed: it needs at least {PSIS_MIN_SAMPLES} importance samples per datapoint, got "
+            f"{num_samples}, so nothing checks whether the guide is a good enough proposal (use more samples).",
+            stacklevel=stacklevel,
+        )
+        return
+    unreliable = int((khat > PSIS_KHAT_THRESHOLD).sum())
+    if unreliable:
+        unfitted = int(torch.isinf(khat).sum())
+        worst = f"{unfitted} with k̂ = inf, a tail too short to fit" if unfitted else f"max {khat.max().item():.2f}"
+        warn_diagnostic(
+            f"PSIS k̂ > {PSIS_KHAT_THRESHOLD} for {unreliable} of {len(khat)} datapoints ({worst}): the guide is a "
+            "poor proposal there and their log-likelihood estimates may be far too low; use more importance samples "
+            "or a better guide.",
+            stacklevel=stacklevel,
+        )
 
 
 def log_likelihood(

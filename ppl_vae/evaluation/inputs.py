@@ -1,9 +1,11 @@
 """The per-datapoint tensors every evaluation takes after its model and guide (``*data``): how many
-datapoints they hold, and the same rows of each, a chunk at a time."""
+datapoints they hold, and the same rows of each, a chunk at a time; and the check of the counts
+(samples, particles, chunk sizes) every evaluation takes as keyword options."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from numbers import Integral
 
 import torch
 
@@ -21,9 +23,16 @@ def count_datapoints(data: tuple[torch.Tensor, ...]) -> int:
     return lengths[0]
 
 
+def check_counts(**options: object) -> None:
+    """Raise :class:`~ppl_vae.errors.EvaluationError` naming the first of ``options`` (name=value)
+    that is not a whole number >= 1."""
+    for name, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+            raise EvaluationError(f"{name} must be a whole number >= 1, got {value!r}.")
+
+
 def chunks(data: tuple[torch.Tensor, ...], batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
     """The data ``batch_size`` datapoints at a time: every tensor sliced alike along its first dimension."""
-    if batch_size < 1:
-        raise EvaluationError(f"batch_size must be >= 1, got {batch_size}.")
+    check_counts(batch_size=batch_size)
     for start in range(0, count_datapoints(data), batch_size):
         yield tuple(tensor[start : start + batch_size] for tensor in data)

@@ -15,10 +15,11 @@ from typing import Any, Callable
 import torch
 from pyro.poutine import Trace
 from torch.distributions import Distribution, Independent, kl_divergence
+from tqdm.auto import tqdm
 
 from ppl_vae.errors import EvaluationError
 from ppl_vae.evaluation.elbo import evaluate_elbo
-from ppl_vae.evaluation.inputs import chunks, count_datapoints
+from ppl_vae.evaluation.inputs import check_counts, chunks, count_datapoints
 from ppl_vae.evaluation.plates import data_plate_dim, per_datapoint_units
 from ppl_vae.objectives.traces import log_prob_per_datapoint, per_datapoint, sample_sites, trace_pair
 
@@ -68,6 +69,7 @@ def kl_per_dimension(
     dimension; their per-dimension KLs then sum to the total KL), else raises
     :class:`~ppl_vae.errors.EvaluationError`.
     """
+    check_counts(batch_size=batch_size, num_samples=num_samples)
     total = sum(
         torch.cat([
             _kl_per_unit(site, model_trace.nodes[site["name"]], num_samples) for site in _latent_sites(guide_trace)
@@ -80,6 +82,7 @@ def kl_per_dimension(
 @torch.no_grad()
 def unit_activity(model: Callable, guide: Callable, *data: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Cov_x(E_q[z_u|x]) for each latent dimension u: the variance over ``data`` of the posterior means."""
+    check_counts(batch_size=batch_size)
     means = torch.cat([
         torch.cat([
             per_datapoint_units(site["fn"].mean, site, event_dims=len(site["fn"].event_shape))
@@ -106,7 +109,12 @@ def _log_posteriors_at_draws(latent_sites: list[dict[str, Any]], start: int, cou
 
 @torch.no_grad()
 def marginal_kl(
-    model: Callable, guide: Callable, *data: torch.Tensor, num_samples: int = 1, batch_size: int = 10
+    model: Callable,
+    guide: Callable,
+    *data: torch.Tensor,
+    num_samples: int = 1,
+    batch_size: int = 10,
+    progress: bool = False,
 ) -> float:
     """KL of the aggregate posterior q(z) = (1/N) Σ_n q(z|x_n) over the N datapoints of ``data``
     against the prior: E_n E_{z~q(z|x_n)} [log q(z) - log p(z)], with each draw's own p(z) (the
@@ -119,27 +127,36 @@ def marginal_kl(
     (an N-component mixture), which approaches the population's as N grows. Each latent site's
     q(z|x_m) is read off the guide's trace, so a guide whose later sites depend on earlier latents
     is evaluated at datapoint m's own earlier draws (exact for guides that depend on the data alone).
+    It takes N² posterior densities per sample (half a minute for the 10000 MNIST test images with
+    50 latent dimensions on one CPU core): ``progress`` shows a bar over the N · ``num_samples`` draws.
     """
+    check_counts(num_samples=num_samples, batch_size=batch_size)
     num_datapoints = count_datapoints(data)
     total = 0.0
-    for _ in range(num_samples):
-        model_trace, guide_trace = trace_pair(model, guide, *data)
-        log_prior = log_prob_per_datapoint(model_trace, observed=False)[0]  # log p(z_n), (N,)
-        latent_sites = _latent_sites(guide_trace)
-        for start in range(0, num_datapoints, batch_size):
-            count = min(batch_size, num_datapoints - start)
-            log_posteriors = _log_posteriors_at_draws(latent_sites, start, count)
-            log_aggregate = torch.logsumexp(log_posteriors, dim=1) - math.log(num_datapoints)
-            total += (log_aggregate - log_prior[start : start + count]).sum().item()
+    with tqdm(total=num_datapoints * num_samples, desc="marginal KL", unit="draw", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for _ in range(num_samples):
+            model_trace, guide_trace = trace_pair(model, guide, *data)
+            log_prior = log_prob_per_datapoint(model_trace, observed=False)[0]  # log p(z_n), (N,)
+            latent_sites = _latent_sites(guide_trace)
+            for start in range(0, num_datapoints, batch_size):
+                count = min(batch_size, num_datapoints - start)
+                log_posteriors = _log_posteriors_at_draws(latent_sites, start, count)
+                log_aggregate = torch.logsumexp(log_posteriors, dim=1) - math.log(num_datapoints)
+                total += (log_aggregate - log_prior[start : start + count]).sum().item()
+                bar.update(count)
     return total / (num_datapoints * num_samples)
 
 
-def latent_health(model: Callable, guide: Callable, *data: torch.Tensor, aggregate: bool = True) -> dict[str, Any]:
+def latent_health(
+    model: Callable, guide: Callable, *data: torch.Tensor, aggregate: bool = True, progress: bool = False
+) -> dict[str, Any]:
     """KL per latent dimension (nats), active units (Burda et al.) and, with ``aggregate``, the
     marginal KL(q(z) || p(z)) and the mutual information I(x; z) = E_x KL(q(z|x) || p(z)) - KL(q(z) || p(z))
     (nats; 0 <= I <= log N for N datapoints, up to Monte Carlo noise). ``kl_per_dim`` is ``None``
     for a prior or posterior that does not factorize over dimensions (mixture, VampPrior, flows,
-    full covariance): only the total KL is defined then."""
+    full covariance): only the total KL is defined then. ``progress`` shows a bar over the slow part,
+    the marginal KL (:func:`marginal_kl`); the rest takes a few passes over the data."""
     try:
         kl_per_dim = kl_per_dimension(model, guide, *data)
         kl = kl_per_dim.sum().item()
@@ -154,6 +171,6 @@ def latent_health(model: Callable, guide: Callable, *data: torch.Tensor, aggrega
         "active_units": int((activity > ACTIVE_UNIT_THRESHOLD).sum()),
     }
     if aggregate:
-        health["marginal_kl"] = marginal_kl(model, guide, *data)
+        health["marginal_kl"] = marginal_kl(model, guide, *data, progress=progress)
         health["mutual_information"] = health["kl"] - health["marginal_kl"]
     return health

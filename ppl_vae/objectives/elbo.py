@@ -22,9 +22,23 @@ from ppl_vae.objectives.base import OBJECTIVES, Objective
 from ppl_vae.objectives.traces import elbo_terms
 
 
+MAX_NUM_PARTICLES = 10_000
+"""The most particles per datapoint a training objective accepts. Every particle of every datapoint
+of a batch is held in memory at once (batch_size x num_particles x data size floats, and the
+activations of every layer): 10000 particles of a 100-image MNIST batch already need 3 GB per
+784-pixel tensor, while published objectives train with a few to a few dozen (IWAE: k <= 50; k = 5000
+only to evaluate). A test log p(x) with more importance samples is estimated in chunks
+(``train.log_likelihood_samples``, ``ppl-vae eval``)."""
+
+
 def check_num_particles(num_particles: int) -> None:
-    if num_particles < 1:
-        raise ConfigError(f"num_particles: must be >= 1, got {num_particles}.")
+    """Refuse a particle count below 1 or above :data:`MAX_NUM_PARTICLES`, naming the option."""
+    if not 1 <= num_particles <= MAX_NUM_PARTICLES:
+        raise ConfigError(
+            f"num_particles: must be in [1, {MAX_NUM_PARTICLES}] (all particles of a batch are held in memory "
+            f"at once), got {num_particles}; for a test log p(x) with more samples use "
+            "train.log_likelihood_samples or ppl-vae eval, which take them in chunks."
+        )
 
 
 def elbo_term_sums(model_trace: Any, guide_trace: Any, analytic_kl: bool) -> dict[str, torch.Tensor]:

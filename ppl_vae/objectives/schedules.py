@@ -6,10 +6,12 @@ loss = -E_q[log p(x|z)] + β·KL; a schedule only says which β each step uses."
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
-from ppl_vae.errors import ConfigError
 from ppl_vae.registry import Registry
+from ppl_vae.validation import Bounds, Count, NonNegative, Positive
+
+Ratio = Annotated[float, Bounds(0, 1, low_open=True)]
 
 SCHEDULES: Registry = Registry("β schedule")
 
@@ -28,21 +30,12 @@ class Schedule:
         raise NotImplementedError
 
 
-def _check_range(start: float, end: float, duration: int) -> None:
-    if min(start, end) < 0:
-        raise ConfigError(f"start/end: β must be >= 0, got start={start}, end={end}.")
-    if duration <= 0:
-        raise ConfigError(f"duration: must be > 0, got {duration}.")
-
-
 @SCHEDULES.register("constant")
 class Constant(Schedule):
     """β fixed at ``value`` (1: the ELBO; 0: the plain autoencoder; other: β-VAE)."""
 
-    def __init__(self, *, value: float = 1.0) -> None:
+    def __init__(self, *, value: NonNegative = 1.0) -> None:
         super().__init__("step")
-        if value < 0:
-            raise ConfigError(f"value: β must be >= 0, got {value}.")
         self.value = value
 
     def value_at(self, time: int) -> float:
@@ -54,10 +47,14 @@ class Linear(Schedule):
     """β rises linearly from ``start`` to ``end`` over ``duration`` steps or epochs, then stays."""
 
     def __init__(
-        self, *, start: float = 0.0, end: float = 1.0, duration: int = 10, by: Literal["step", "epoch"] = "epoch"
+        self,
+        *,
+        start: NonNegative = 0.0,
+        end: NonNegative = 1.0,
+        duration: Count = 10,
+        by: Literal["step", "epoch"] = "epoch",
     ) -> None:
         super().__init__(by)
-        _check_range(start, end, duration)
         self.start, self.end, self.duration = start, end, duration
 
     def value_at(self, time: int) -> float:
@@ -72,18 +69,18 @@ class Sigmoid(Schedule):
     def __init__(
         self,
         *,
-        start: float = 0.0,
-        end: float = 1.0,
-        duration: int = 10,
-        steepness: float = 10.0,
+        start: NonNegative = 0.0,
+        end: NonNegative = 1.0,
+        duration: Count = 10,
+        steepness: Positive = 10.0,
         by: Literal["step", "epoch"] = "epoch",
     ) -> None:
         super().__init__(by)
-        _check_range(start, end, duration)
         self.start, self.end, self.duration, self.steepness = start, end, duration, steepness
 
     def value_at(self, time: int) -> float:
-        logistic = 1.0 / (1.0 + math.exp(-self.steepness * (time / self.duration - 0.5)))
+        # 1 / (1 + exp(-x)) written with tanh, which cannot overflow for any steepness
+        logistic = 0.5 * (1.0 + math.tanh(0.5 * self.steepness * (time / self.duration - 0.5)))
         return self.start + (self.end - self.start) * logistic
 
 
@@ -95,16 +92,13 @@ class Cyclical(Schedule):
     def __init__(
         self,
         *,
-        start: float = 0.0,
-        end: float = 1.0,
-        period: int = 10,
-        ratio: float = 0.5,
+        start: NonNegative = 0.0,
+        end: NonNegative = 1.0,
+        period: Count = 10,
+        ratio: Ratio = 0.5,
         by: Literal["step", "epoch"] = "epoch",
     ) -> None:
         super().__init__(by)
-        _check_range(start, end, period)
-        if not 0 < ratio <= 1:
-            raise ConfigError(f"ratio: must be in (0, 1], got {ratio}.")
         self.start, self.end, self.period, self.ratio = start, end, period, ratio
 
     def value_at(self, time: int) -> float:

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import constraints
 
-from ppl_vae.errors import ConfigError
 from ppl_vae.registry import Registry
+from ppl_vae.validation import Scale
 
 LIKELIHOODS: Registry[nn.Module] = Registry("likelihood")
 
@@ -58,13 +58,11 @@ class Gaussian(nn.Module):
         self,
         data_dim: int,
         *,
-        sigma: float = 0.1,
+        sigma: Scale = 0.1,
         learn_sigma: bool = False,
         squash: Literal["sigmoid", "none"] = "sigmoid",
     ) -> None:
         super().__init__()
-        if sigma <= 0:
-            raise ConfigError(f"sigma: must be > 0, got {sigma}.")
         self.num_params = data_dim
         self.squash = squash
         log_sigma = torch.tensor(math.log(sigma))
@@ -98,11 +96,9 @@ class GaussianPerPixel(nn.Module):
     support = constraints.real
 
     def __init__(
-        self, data_dim: int, *, min_sigma: float = 1e-2, squash: Literal["sigmoid", "none"] = "sigmoid"
+        self, data_dim: int, *, min_sigma: Scale = 1e-2, squash: Literal["sigmoid", "none"] = "sigmoid"
     ) -> None:
         super().__init__()
-        if min_sigma <= 0:
-            raise ConfigError(f"min_sigma: must be > 0, got {min_sigma}.")
         self.data_dim = data_dim
         self.num_params = 2 * data_dim
         self.min_sigma = min_sigma
@@ -154,10 +150,8 @@ class Beta(nn.Module):
 
     support = _OpenUnitInterval()
 
-    def __init__(self, data_dim: int, *, min_concentration: float = 1e-3) -> None:
+    def __init__(self, data_dim: int, *, min_concentration: Scale = 1e-3) -> None:
         super().__init__()
-        if min_concentration <= 0:
-            raise ConfigError(f"min_concentration: must be > 0, got {min_concentration}.")
         self.data_dim = data_dim
         self.num_params = 2 * data_dim
         self.min_concentration = min_concentration
@@ -238,10 +232,8 @@ class DiscretizedLogisticLikelihood(nn.Module):
 
     support = _Quantized(256)
 
-    def __init__(self, data_dim: int, *, min_scale: float = 1e-3) -> None:
+    def __init__(self, data_dim: int, *, min_scale: Scale = 1e-3) -> None:
         super().__init__()
-        if min_scale <= 0:
-            raise ConfigError(f"min_scale: must be > 0, got {min_scale}.")
         self.data_dim = data_dim
         self.num_params = 2 * data_dim
         self.min_scale = min_scale

@@ -7,17 +7,21 @@ an ``image_shape`` option, which :func:`~ppl_vae.models.vae.build_vae` fills fro
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.registry import Registry
+from ppl_vae.validation import Length, Size
 
 NETS: Registry[nn.Module] = Registry("network")
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "softplus": nn.Softplus}
+Activation = Literal["tanh", "relu", "elu", "softplus"]
+Channels = Annotated[list[Size], Length(2, 2, "channel counts (one per convolution)")]
+ImageShape = Annotated[list[Size], Length(2, 2, "sides (height, width)")]
 
 
 @NETS.register("mlp")
@@ -25,12 +29,11 @@ def mlp(
     in_features: int,
     out_features: int,
     *,
-    hidden_sizes: list[int] = (500,),
-    activation: Literal["tanh", "relu", "elu", "softplus"] = "tanh",
+    hidden_sizes: list[Size] = (500,),
+    activation: Activation = "tanh",
 ) -> nn.Sequential:
-    """A multilayer perceptron: Linear layers with ``activation`` between them, linear output."""
-    if any(size <= 0 for size in hidden_sizes):
-        raise ConfigError(f"hidden_sizes: every size must be > 0, got {list(hidden_sizes)}.")
+    """A multilayer perceptron: Linear layers with ``activation`` between them, linear output
+    (``hidden_sizes: []`` is a single linear map)."""
     sizes = [in_features, *hidden_sizes]
     layers: list[nn.Module] = []
     for size_in, size_out in zip(sizes[:-1], sizes[1:]):
@@ -105,10 +108,10 @@ def conv_encoder(
     in_features: int,
     out_features: int,
     *,
-    image_shape: list[int] | None = None,
-    channels: list[int] = (32, 64),
-    hidden: int = 256,
-    activation: Literal["tanh", "relu", "elu", "softplus"] = "relu",
+    image_shape: ImageShape | None = None,
+    channels: Channels = (32, 64),
+    hidden: Size = 256,
+    activation: Activation = "relu",
 ) -> ConvEncoder:
     """A small convolutional encoder for grayscale images (28x28 MNIST, 28x20 Frey, 8x8 digits).
 
@@ -122,10 +125,10 @@ def conv_decoder(
     in_features: int,
     out_features: int,
     *,
-    image_shape: list[int] | None = None,
-    channels: list[int] = (32, 64),
-    hidden: int = 256,
-    activation: Literal["tanh", "relu", "elu", "softplus"] = "relu",
+    image_shape: ImageShape | None = None,
+    channels: Channels = (32, 64),
+    hidden: Size = 256,
+    activation: Activation = "relu",
 ) -> ConvDecoder:
     """The convolutional decoder matching :func:`conv_encoder`; it gives ``out_features / (height *
     width)`` numbers per pixel (1 for Bernoulli, 2 for a per-pixel mean and scale)."""

@@ -21,6 +21,7 @@ from torch.distributions.utils import vec_to_tril_matrix
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.registry import Registry
+from ppl_vae.validation import Flows, HiddenSizes, Size
 
 POSTERIORS: Registry[nn.Module] = Registry("posterior")
 
@@ -60,7 +61,7 @@ class LowRankNormal(nn.Module):
     """q(z|x) = N(mu(x), W(x) W(x)^T + diag(d(x))): a rank-``rank`` covariance plus a diagonal,
     for latent spaces too large for a full covariance."""
 
-    def __init__(self, latent_dim: int, *, rank: int = 2) -> None:
+    def __init__(self, latent_dim: int, *, rank: Size = 2) -> None:
         super().__init__()
         if not 1 <= rank <= latent_dim:
             raise ConfigError(f"rank: must be in [1, latent_dim={latent_dim}], got {rank}.")
@@ -92,13 +93,13 @@ class InverseAutoregressiveFlow(nn.Module):
     order reversed between them. Sampling and log q of the sample are one pass each (Pyro caches
     the inverse); the flow models correlations a diagonal Normal cannot."""
 
-    def __init__(self, latent_dim: int, *, num_flows: int = 2, hidden_sizes: list[int] | None = None) -> None:
+    def __init__(
+        self, latent_dim: int, *, num_flows: Flows = 2, hidden_sizes: HiddenSizes | None = None
+    ) -> None:
         super().__init__()
         if latent_dim < 2:
             raise ConfigError(f"an autoregressive flow needs model.latent_dim >= 2, got {latent_dim}.")
-        if num_flows < 1:
-            raise ConfigError(f"num_flows: must be >= 1, got {num_flows}.")
-        hidden = list(hidden_sizes) if hidden_sizes else [4 * latent_dim]
+        hidden = [4 * latent_dim] if hidden_sizes is None else list(hidden_sizes)
         if min(hidden) < latent_dim:
             raise ConfigError(f"hidden_sizes: each must be >= latent_dim={latent_dim}, got {hidden}.")
         order = torch.arange(latent_dim)

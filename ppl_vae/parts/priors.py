@@ -6,7 +6,7 @@ VAE gives it its encoder when it is built."""
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Annotated, Callable, Literal
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
@@ -15,6 +15,10 @@ from torch import nn
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.registry import Registry
+from ppl_vae.validation import MAX_SCALE, Bounds, Flows, HiddenSizes, Size
+
+Spread = Annotated[float, Bounds(0, MAX_SCALE)]
+"""The spread (standard deviation) of initial values, in latent or data units."""
 
 PRIORS: Registry[nn.Module] = Registry("prior")
 
@@ -38,10 +42,8 @@ class GaussianMixture(nn.Module):
 
     The means start spread as draws from N(0, ``init_spread``^2 I), so the components differ."""
 
-    def __init__(self, latent_dim: int, *, num_components: int = 10, init_spread: float = 1.0) -> None:
+    def __init__(self, latent_dim: int, *, num_components: Size = 10, init_spread: Spread = 1.0) -> None:
         super().__init__()
-        if num_components < 1:
-            raise ConfigError(f"num_components: must be >= 1, got {num_components}.")
         self.logits = nn.Parameter(torch.zeros(num_components))
         self.locs = nn.Parameter(init_spread * torch.randn(num_components, latent_dim))
         self.log_scales = nn.Parameter(torch.zeros(num_components, latent_dim))
@@ -65,11 +67,14 @@ class VampPrior(EncoderPrior):
     learned pseudo-inputs u_k, which start as draws from N(``init_mean``, ``init_std``^2)."""
 
     def __init__(
-        self, latent_dim: int, *, num_pseudo: int = 500, init_mean: float = 0.05, init_std: float = 0.01
+        self,
+        latent_dim: int,
+        *,
+        num_pseudo: Size = 500,
+        init_mean: Annotated[float, Bounds(-MAX_SCALE, MAX_SCALE)] = 0.05,
+        init_std: Spread = 0.01,
     ) -> None:
         super().__init__()
-        if num_pseudo < 1:
-            raise ConfigError(f"num_pseudo: must be >= 1, got {num_pseudo}.")
         self.num_pseudo, self.init_mean, self.init_std = num_pseudo, init_mean, init_std
         self.pseudo_inputs: nn.Parameter | None = None
         self._encode: Callable[[torch.Tensor], dist.TorchDistribution] | None = None
@@ -97,15 +102,13 @@ class FlowPrior(nn.Module):
         self,
         latent_dim: int,
         *,
-        num_flows: int = 4,
+        num_flows: Flows = 4,
         transform: Literal["affine_coupling", "spline_coupling"] = "affine_coupling",
-        hidden_sizes: list[int] = (64, 64),
+        hidden_sizes: HiddenSizes = (64, 64),
     ) -> None:
         super().__init__()
         if latent_dim < 2:
             raise ConfigError(f"the flow prior couples halves of z: needs model.latent_dim >= 2, got {latent_dim}.")
-        if num_flows < 1:
-            raise ConfigError(f"num_flows: must be >= 1, got {num_flows}.")
         make = getattr(T, transform)
         self.couplings = nn.ModuleList(make(latent_dim, hidden_dims=list(hidden_sizes)) for _ in range(num_flows))
         self.register_buffer("reversed_order", torch.arange(latent_dim - 1, -1, -1))
