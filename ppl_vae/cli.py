@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ppl_vae.config import apply_overrides, from_dict, read_yaml, shipped_configs
-from ppl_vae.errors import ConfigError, PplVaeError
+from ppl_vae.errors import ConfigError, PplVaeError, concise_warnings
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -20,19 +20,52 @@ def _train(args: argparse.Namespace) -> None:
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
     if args.resume:
+        moved = args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve()
+        extra = [text for text, given in ((f"--out {args.out}", moved), (f"the config {args.config!r}", args.config),
+                                          ("--overwrite", args.overwrite)) if given]
+        if extra:
+            raise ConfigError(
+                f"--resume {args.resume} continues that run in its own folder with the config in its checkpoint, so "
+                f"{' and '.join(extra)} would be ignored; drop {'them' if len(extra) > 1 else 'it'} (change train.* "
+                "values with --set), or start a new run without --resume."
+            )
         config, out_dir = resume_config(args.resume, overrides), Path(args.resume)
     else:
-        config = from_dict(apply_overrides(read_yaml(args.config), overrides))
-        name = Path(args.config).stem
-        out_dir = Path(args.out) if args.out else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = fit(config, out_dir, resume=bool(args.resume))
+        name = args.config or "default"
+        config = from_dict(apply_overrides(read_yaml(_config_source(name)), overrides))
+        out_dir = Path(args.out) if args.out else Path("runs") / f"{Path(name).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = fit(config, out_dir, resume=bool(args.resume), overwrite=args.overwrite)
     metrics = run.metrics
     print(f"run directory: {out_dir}")
     print("nats per datapoint; ELBO = E_q[log p(x|z)] - KL(q||p), higher is better")
-    print(f"  train ELBO {metrics['train_elbo']:10.2f}  (final weights, one pass over the training set)")
+    print(f"  train ELBO {metrics['train_elbo']:10.2f}  (final weights, one pass over the training set; the progress "
+          f"bar and history.json show the last epoch's running mean, {metrics['train_elbo_epoch_mean']:.2f})")
     print(f"  test ELBO  {metrics['test_elbo']:10.2f}  (reconstruction {metrics['test_reconstruction']:.2f}, "
-          f"KL {metrics['test_kl']:.2f})")
+          f"KL {metrics['test_kl']:.2f}; at the last epoch's end, as in history.json)")
+    if "test_log_likelihood" in metrics:
+        print(f"  test log p(x) {metrics['test_log_likelihood']:7.2f}  (importance sampled, "
+              f"K={metrics['test_log_likelihood_samples']} samples per datapoint)")
     print(f"  {metrics['epochs']} epochs, {metrics['steps']} steps, {metrics['seconds']:.1f} s on {metrics['device']}")
+    for warning in metrics["warnings"]:
+        print(f"ppl-vae: warning: {warning}", file=sys.stderr)
+
+
+def _config_source(name: str) -> str:
+    """A shipped config name or YAML path as given; a dataset name that is no config's name becomes
+    the error to use the config that trains on it (``digits``: ``default``)."""
+    configs = shipped_configs()
+    if Path(name).suffix or name in configs:
+        return name
+    from ppl_vae.data import DATASETS
+
+    if name in DATASETS.names():
+        trains_on = sorted(config for config, path in configs.items()
+                           if read_yaml(path).get("data", {}).get("name") == name)
+        suggestion = (f"the shipped config {' or '.join(map(repr, trains_on))} trains on it: "
+                      f"'ppl-vae train {trains_on[0]}'" if trains_on else
+                      f"train on it with 'ppl-vae train --set data.name={name}' (and a model for its data)")
+        raise ConfigError(f"{name!r} is a dataset, not a config; {suggestion}. 'ppl-vae configs' lists the configs.")
+    return name
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -48,6 +81,7 @@ def _eval(args: argparse.Namespace) -> None:
         ("-log p(x)", f"{results['bits_per_dim']:.4f}", "bits/dimension"),
         ("ESS", f"{results['ess_mean']:.1f} (min {results['ess_min']:.1f})", f"samples of {results['num_samples']}"),
         ("PSIS k̂ max", "n/a" if khat is None else f"{khat:.2f}",
+         "could not be fitted: too few samples" if khat is None else
          f"{results['psis_khat_above_0.7']} datapoints above 0.7"),
         ("KL(q(z|x)||p(z))", f"{results['kl']:.2f}", "nats/datapoint"),
         ("KL(q(z)||p(z))", f"{results['marginal_kl']:.2f}", "nats, aggregate posterior"),
@@ -118,14 +152,20 @@ def _reproduce(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ppl-vae", description="Variational autoencoders with Pyro.")
+    package = sys.modules[__package__]  # ppl_vae, always imported before its cli module
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a VAE, evaluate it and draw its figures")
-    train.add_argument("config", nargs="?", default="default",
-                       help="a shipped config name (see 'ppl-vae configs') or a YAML file (default: default)")
+    train.add_argument("config", nargs="?",
+                       help="a shipped config name (see 'ppl-vae configs') or a YAML file (default: default, "
+                            "the digits quick start)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set model.latent_dim=10 (repeatable)")
     train.add_argument("--out", help="run directory (default: runs/<config>-<time>)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its checkpoint")
+    train.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue the run in RUN_DIR from its checkpoint, with its config (--set train.* to change)")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --out (its checkpoint included) instead of refusing")
     train.add_argument("--data-dir", help="folder holding the dataset files (default: $PPL_VAE_DATA or ~/.cache/ppl_vae)")
     train.set_defaults(handler=_train)
     evaluate = commands.add_parser("eval", help="importance-sampled log p(x) and latent diagnostics of a run")
@@ -159,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.handler(args)
+        with concise_warnings("ppl-vae"):  # our DiagnosticWarnings as one line, without a source line
+            args.handler(args)
     except PplVaeError as error:
         print(f"ppl-vae: error: {error}", file=sys.stderr)
         return 2

@@ -135,7 +135,8 @@ def test_foreign_checkpoint_is_refused(foreign, tmp_path, capsys):
 
 def test_checkpoint_of_another_model_is_refused(finished_run, capsys):
     assert main(["train", "--resume", str(finished_run), "--set", "model.latent_dim=3"]) == 2
-    assert "does not fit this run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "model.latent_dim: 2 -> 3" in err and "must match the checkpoint" in err
 
 
 # -- Ctrl-C, in process --------------------------------------------------------------------------

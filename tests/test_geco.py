@@ -109,6 +109,8 @@ def test_lambda_is_clamped(vae_and_data):
     for _ in range(3):
         geco(vae.model, vae.guide, x)
     assert geco.lam == 0.5
+    (warning,) = geco.warnings()  # the constraint is met: only the clamp is reported
+    assert "λ ended at its clamp lambda_min=0.5 (at it for the last 2 of 3 steps)" in warning
 
 
 def test_a_huge_violation_clamps_lambda_at_its_maximum_without_overflow(vae_and_data):
@@ -117,6 +119,9 @@ def test_a_huge_violation_clamps_lambda_at_its_maximum_without_overflow(vae_and_
     for _ in range(3):  # ν·C_ma is about 1e5: exp of it overflows a float
         geco(vae.model, vae.guide, x)
     assert geco.lam == pytest.approx(1e3)
+    clamp, unmet = geco.warnings()
+    assert "clamp lambda_max=1000" in clamp and "raise objective.tolerance" in clamp
+    assert "the constraint is still unmet" in unmet
 
 
 def test_constraint_is_met_and_lambda_settles():
@@ -133,6 +138,7 @@ def test_constraint_is_met_and_lambda_settles():
         z = run.vae.encode(x).sample()
         error = ((x - run.vae.decoded_mean(z)) ** 2).sum(-1).mean().item()
     assert error == pytest.approx(x.shape[1] * tolerance**2, rel=0.1)
+    assert run.objective.warnings() == [] and run.metrics["warnings"] == []  # a settled run says nothing
 
 
 def test_geco_state_survives_a_checkpoint_round_trip(tmp_path):
@@ -160,6 +166,17 @@ def test_geco_state_survives_a_checkpoint_round_trip(tmp_path):
 def test_config_errors_name_the_key(objective, key):
     with pytest.raises(ConfigError, match=key):
         check(from_dict({"objective": objective}))
+
+
+@pytest.mark.parametrize("damage", [{"lambda": "1"}, {"lambda": 1e9}, {"step": 2}, {"c_ma": [1.0]}, {"rate": -1.0},
+                                    {"history": {"lambda": []}}])
+def test_a_damaged_state_is_refused(damage):
+    geco = GECO(tolerance=0.1)
+    state = {"lambda": 1.0, "c_ma": None, "rate": None, "step": 0,
+             "history": {name: [] for name in ("lambda", "c_ma", "constraint", "kl")}}
+    geco.load_state_dict(state)
+    with pytest.raises((TypeError, ValueError)):
+        geco.load_state_dict({**state, **damage})
 
 
 def test_marginal_kl_of_identical_posteriors_is_their_kl(vae_and_data):

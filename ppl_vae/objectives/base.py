@@ -8,8 +8,10 @@ the options being its constructor's keyword-only arguments) and plugs into ``pyr
 
 After each call it reports the terms of that batch (:meth:`Objective.terms`, for the history and the
 progress bar) and, where it has any, state worth logging (:meth:`Objective.status`) and saving
-(:meth:`Objective.state_dict`). The training loop, the run directory, checkpoints and figures only
-use these methods, so none of them names a particular objective.
+(:meth:`Objective.state_dict`), and what a reader of the finished run must know about how training
+went (:meth:`Objective.warnings`: ``metrics.json`` lists them and ``ppl-vae train`` prints them).
+The training loop, the run directory, checkpoints and figures only use these methods, so none of
+them names a particular objective.
 
 Units and signs (DESIGN's conventions): terms are log-probabilities or KLs in nats, summed over the
 batch's datapoints (the loop divides by the number of datapoints); the loss is the negative of the
@@ -71,7 +73,15 @@ class Objective:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the state saved by :meth:`state_dict`."""
+        """Restore the state saved by :meth:`state_dict`; a TypeError, ValueError or KeyError if
+        ``state`` is not one (a damaged checkpoint)."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, but the checkpoint holds {sorted(state)}")
+
+    def warnings(self) -> list[str]:
+        """Problems with the training so far that the numbers alone do not show (none by default),
+        each a sentence saying what happened and what to change."""
+        return []
 
 
 OBJECTIVES: Registry[Objective] = Registry("objective")

@@ -11,6 +11,15 @@ moving average of the batch constraint. λ grows while the constraint is violate
 it holds, so the KL is pressed down exactly as far as the constraint allows. Minimizing L/λ is a
 β-VAE with β = 1/λ and the constraint in place of the reconstruction term.
 
+The scale of ν: a constraint summed over a datapoint's D dimensions is large (on MNIST, D = 784, the
+first batches' squared error is about 190 for κ = 0.1, so a fixed ν = 1e-3 multiplies λ by
+exp(0.19) = 1.2 per step and reaches λ = 1e6 within the first epoch, while the lagging C_ma is still
+far above the constraint). The default ``rate=None`` therefore calibrates ν once, on the first step:
+ν = ``RELATIVE_RATE`` / |C_1| with C_1 the first batch's mean constraint, so that λ changes by at
+most about 1% per step while the constraint is as violated as at the start, whatever D and the
+units of C. An explicit ``rate`` is used as given (Algorithm 1 unchanged). A run whose λ ends at a
+clamp, or whose constraint is still unmet at the end, says so in :meth:`GECO.warnings`.
+
 :class:`GECO` is the registered objective ``geco`` (config ``objective: {name: geco, tolerance: 0.1}``),
 a wrapper around another objective: the KL term is the wrapped ELBO's own estimate (Monte Carlo with
 ``wraps: elbo``, analytic with ``wraps: meanfield``), computed with the observed sites hidden from
@@ -22,6 +31,7 @@ Units: the loss is summed over the batch, as Pyro's ELBO losses are; the logged 
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Callable, Literal, Union
 
@@ -35,6 +45,8 @@ from ppl_vae.objectives.elbo import check_num_particles, elbo_term_sums
 from ppl_vae.validation import suggest
 
 Constraint = Callable[[torch.Tensor, Distribution, float], torch.Tensor]
+RELATIVE_RATE = 0.01  # the default ν·|C_1|: the first step's change of log λ
+UNMET = 0.01  # C_ma above this fraction of the first batch's |C_1| at the end: the constraint is clearly unmet
 
 
 def _sum_event(value: torch.Tensor, event_dim: int) -> torch.Tensor:
@@ -74,7 +86,8 @@ class GECO(Objective):
         wraps: the objective whose KL estimator is used: ``elbo`` (``Trace_ELBO``) or ``meanfield``
             (``TraceMeanField_ELBO``), with ``num_particles`` samples per datapoint.
         alpha: the moving-average weight α in C_ma <- α·C_ma + (1-α)·C_batch.
-        rate: ν in λ <- λ·exp(ν·C_ma), in 1/(units of C); choose it so that ν·|C| is small.
+        rate: ν in λ <- λ·exp(ν·C_ma), in 1/(units of C); choose it so that ν·|C| is small. ``None``
+            (the default): ν = ``RELATIVE_RATE`` / |C_1|, set on the first step from its mean constraint.
         lambda_init, lambda_min, lambda_max: the first λ and the range λ is clamped to.
         warmup: steps during which λ stays at ``lambda_init`` (C_ma is still averaged).
 
@@ -100,7 +113,7 @@ class GECO(Objective):
         wraps: Literal["elbo", "meanfield"] = "elbo",
         num_particles: int = 1,
         alpha: float = 0.99,
-        rate: float = 1e-3,
+        rate: float | None = None,
         lambda_init: float = 1.0,
         lambda_min: float = 1e-6,
         lambda_max: float = 1e6,
@@ -120,12 +133,12 @@ class GECO(Objective):
         check_num_particles(num_particles)
         if not 0 <= alpha < 1:
             raise ConfigError(f"alpha: the moving-average weight must be in [0, 1), got {alpha}.")
-        if rate <= 0:
+        if rate is not None and rate <= 0:
             raise ConfigError(f"rate: ν must be > 0, got {rate}.")
         if not 0 < lambda_min <= lambda_init <= lambda_max:
             raise ConfigError(
-                "lambda_init, lambda_min, lambda_max: need 0 < lambda_min <= lambda_init <= lambda_max, got "
-                f"{lambda_init}, {lambda_min}, {lambda_max}."
+                "lambda_init: need 0 < lambda_min <= lambda_init <= lambda_max, got lambda_init="
+                f"{lambda_init}, lambda_min={lambda_min}, lambda_max={lambda_max}."
             )
         if warmup < 0:
             raise ConfigError(f"warmup: must be >= 0 steps, got {warmup}.")
@@ -158,6 +171,8 @@ class GECO(Objective):
         self._terms = {**elbo_term_sums(model.trace, guide.trace, self.wrapped.analytic_kl),
                        "constraint": c_batch.detach() * batch_size}
         if torch.is_grad_enabled():
+            if self.rate is None:
+                self.rate = RELATIVE_RATE / max(abs(c_batch_value), 1e-12)
             self._advance(c_ma, c_batch_value, kl.item() / batch_size)
         return loss
 
@@ -172,8 +187,8 @@ class GECO(Objective):
             self.lam = min(max(self.lam * growth, self.lambda_min), self.lambda_max)
 
     def state_dict(self) -> dict[str, Any]:
-        """λ, C_ma, the step count and the per-step history, for a checkpoint."""
-        return {"lambda": self.lam, "c_ma": self.c_ma, "step": self.step,
+        """λ, C_ma, ν (None until calibrated), the step count and the per-step history, for a checkpoint."""
+        return {"lambda": self.lam, "c_ma": self.c_ma, "rate": self.rate, "step": self.step,
                 "history": {name: list(values) for name, values in self.history.items()}}
 
     def status(self) -> dict[str, float]:
@@ -181,5 +196,45 @@ class GECO(Objective):
         return {"geco_lambda": self.lam, "geco_c_ma": self.c_ma}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.lam, self.c_ma, self.step = state["lambda"], state["c_ma"], state["step"]
-        self.history = {name: list(values) for name, values in state["history"].items()}
+        """Restore :meth:`state_dict`; a TypeError or ValueError if ``state`` is not one."""
+        lam, c_ma, step, history = (state[name] for name in ("lambda", "c_ma", "step", "history"))
+        rate = state.get("rate", self.rate)  # checkpoints before ν's calibration hold no "rate"
+        if not (_is_number(lam) and self.lambda_min <= lam <= self.lambda_max):
+            raise ValueError(f"GECO λ must be a number in [{self.lambda_min}, {self.lambda_max}], got {lam!r}")
+        if not (c_ma is None or _is_number(c_ma)) or not (rate is None or (_is_number(rate) and rate > 0)):
+            raise TypeError(f"GECO C_ma and ν must be numbers (ν > 0) or None, got {c_ma!r} and {rate!r}")
+        if type(step) is not int or step < 0 or (c_ma is None) != (step == 0):
+            raise ValueError(f"GECO step must be an integer >= 0, 0 exactly when C_ma is None; got {step!r} "
+                             f"and {c_ma!r}")
+        if (not isinstance(history, dict) or set(history) != set(self.history)
+                or not all(isinstance(values, list) and len(values) == step and all(map(_is_number, values))
+                           for values in history.values())):
+            raise ValueError(f"GECO history must hold {step} numbers for each of {', '.join(self.history)}")
+        self.lam, self.c_ma, self.rate, self.step = float(lam), c_ma, rate, step
+        self.history = {name: list(values) for name, values in history.items()}
+
+    def warnings(self) -> list[str]:
+        """λ at a clamp, or the constraint clearly unmet at the end of training: C_ma above ``UNMET``
+        times the first batch's |C| (a met constraint leaves C_ma hovering around 0)."""
+        found = []
+        for bound, value, meaning, fix in (
+            ("lambda_max", self.lambda_max, "the constraint was never met and the KL is barely weighed, so it can "
+             "grow without limit", "raise objective.tolerance to an error the model can reach"),
+            ("lambda_min", self.lambda_min, "the constraint is met by a wide margin and barely weighed, so the "
+             "reconstruction is left to degrade", "lower objective.tolerance"),
+        ):
+            if self.step and math.isclose(self.lam, value):
+                steps = sum(1 for _ in itertools.takewhile(lambda lam: math.isclose(lam, value),
+                                                           reversed(self.history["lambda"])))
+                found.append(f"GECO: λ ended at its clamp {bound}={value:g} (at it for the last {steps} of "
+                             f"{self.step} steps): {meaning}. The run's numbers are not those of a settled GECO; "
+                             f"{fix}, or lower objective.rate (ν).")
+        if self.c_ma is not None and self.c_ma > UNMET * abs(self.history["constraint"][0]):
+            found.append(f"GECO: the constraint is still unmet at the end of training (C_ma = {self.c_ma:.4g} > 0, in "
+                         "the constraint's units): the reconstruction is worse than objective.tolerance asks; train "
+                         "longer or raise objective.tolerance.")
+        return found
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -2,6 +2,8 @@
 a non-finite loss or gradient, the per-epoch evaluation, checkpoints, and Ctrl-C.
 
 A callback is told ``on_train_start``, ``on_step`` (after every SVI step, with its loss),
+``on_step_error`` (when a step raises a RuntimeError, before it propagates; a callback may raise a
+clearer error instead),
 ``on_epoch_end`` (after the epoch's history record is appended; callbacks may add to it) and
 ``close`` (always, also when training stops on an error). Callbacks run in the order given, so an
 evaluation's numbers are in the record before a checkpoint saves it.
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from ppl_vae.training.state import TrainingState
 
 PROGRESS_EVERY = 20  # steps between progress-bar postfix updates (each reads the terms off the device)
+OUT_OF_MEMORY = ("can't allocate memory", "out of memory")  # torch's CPU and CUDA allocators' RuntimeErrors
 
 
 class Callback:
@@ -40,6 +43,9 @@ class Callback:
 
     def on_step(self, state: TrainingState, loss: float) -> None:
         """After every SVI step."""
+
+    def on_step_error(self, state: TrainingState, error: RuntimeError) -> None:
+        """When a step raised ``error`` (re-raised after every callback was told)."""
 
     def on_epoch_end(self, state: TrainingState) -> None:
         """After each epoch; ``state.history[-1]`` is its record."""
@@ -53,8 +59,9 @@ def _due(epoch: int, every: int, epochs: int) -> bool:
 
 
 class ProgressBar(Callback):
-    """A tqdm bar over all steps, showing the epoch, β, the epoch's mean terms (``bound`` first) and
-    the objective's status."""
+    """A tqdm bar over all steps, showing the epoch, β, the running mean of each term over the epoch's
+    batches so far (``bound`` first; the weights change meanwhile, so these are below an evaluation
+    with the epoch's final weights) and the objective's status."""
 
     def __init__(self, total_steps: int, bound: str, status: Callable[[], dict[str, Any]], enabled: bool = True,
                  steps_per_epoch: int | None = None) -> None:
@@ -64,7 +71,7 @@ class ProgressBar(Callback):
 
     def on_train_start(self, state: TrainingState) -> None:
         self.bar = tqdm(total=self.total_steps, initial=state.step, disable=not self.enabled, unit="step",
-                        dynamic_ncols=True)
+                        dynamic_ncols=True, desc="train (epoch running means)")
 
     def on_step(self, state: TrainingState, loss: float) -> None:
         self.bar.update()
@@ -108,6 +115,24 @@ class NonFiniteGuard(Callback):
                 f"{', '.join(broken)} non-finite. Likely cause: exploding gradients; set optim.clip_norm "
                 "(e.g. 10) or lower optim.lr. Training stopped; the last checkpoint is kept intact."
             )
+
+
+class OutOfMemory(Callback):
+    """Turn a step that could not allocate its memory into a TrainingError naming the settings that
+    size it (``sizes``: config key -> value, e.g. ``objective.num_particles``)."""
+
+    def __init__(self, sizes: dict[str, Any], device: torch.device | str) -> None:
+        self.sizes, self.device = sizes, device
+
+    def on_step_error(self, state: TrainingState, error: RuntimeError) -> None:
+        message = str(error)
+        if isinstance(error, torch.OutOfMemoryError) or any(text in message for text in OUT_OF_MEMORY):
+            settings = ", ".join(f"{key}={value}" for key, value in self.sizes.items())
+            raise TrainingError(
+                f"step {state.step + 1} ran out of memory on {self.device} ({message.splitlines()[0][:200]}). The "
+                f"memory of a step grows with {settings}: lower the largest of them. Training stopped; the last "
+                "checkpoint is kept intact."
+            ) from None
 
 
 class EpochEvaluation(Callback):

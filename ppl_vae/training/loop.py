@@ -30,7 +30,8 @@ def train(
     callbacks: Sequence[Callback] = (),
 ) -> TrainingState:
     """Train until ``state.epoch == epochs``: each batch (a tuple of the model's data arguments) is one
-    ``svi.step(*batch, kl_weight=β)``, β from ``schedule``; callbacks are told after every step and epoch."""
+    ``svi.step(*batch, kl_weight=β)``, β from ``schedule``; callbacks are told after every step and epoch,
+    and of a step that raised a RuntimeError."""
     try:
         for callback in callbacks:
             callback.on_train_start(state)
@@ -38,7 +39,12 @@ def train(
             state.begin_epoch()
             for batch in itertools.islice(batches(state.generator), state.epoch_step, None):
                 state.beta = schedule(state.step, state.epoch)
-                loss = svi.step(*batch, kl_weight=state.beta)
+                try:
+                    loss = svi.step(*batch, kl_weight=state.beta)
+                except RuntimeError as error:  # e.g. out of memory: a callback may raise a clearer error
+                    for callback in callbacks:
+                        callback.on_step_error(state, error)
+                    raise
                 state.add_step(batch[0].shape[0], objective.terms())
                 for callback in callbacks:
                     callback.on_step(state, loss)

@@ -77,9 +77,27 @@ class TrainingState:
         }
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device | str = "cpu") -> None:
-        self.epoch, self.step, self.epoch_step = state["epoch"], state["step"], state["epoch_step"]
-        self.beta, self.seen, self.history, self.seconds = state["beta"], state["seen"], state["history"], state["seconds"]
-        self.term_sums = {name: torch.tensor(value, device=device) for name, value in state["term_sums"].items()}
+        """Go on from a :meth:`state_dict`; a TypeError or ValueError if it is not one."""
+        counters = {name: state[name] for name in ("epoch", "step", "epoch_step", "seen")}
+        for name, value in counters.items():
+            if type(value) is not int or value < 0:
+                raise TypeError(f"training state {name!r} must be an integer >= 0, got {value!r}")
+        for name in ("beta", "seconds"):
+            if not isinstance(state[name], (int, float)) or isinstance(state[name], bool):
+                raise TypeError(f"training state {name!r} must be a number, got {state[name]!r}")
+        history, term_sums = state["history"], state["term_sums"]
+        if not isinstance(history, list) or [record.get("epoch") if isinstance(record, dict) else None
+                                             for record in history] != list(range(1, counters["epoch"] + 1)):
+            raise ValueError(f"the training history does not hold one record for each of the {counters['epoch']} "
+                             "epochs done")
+        if not all(isinstance(value, (int, float, type(None))) and not isinstance(value, bool)
+                   for record in history for value in record.values()):
+            raise TypeError("the training history holds values that are not numbers")
+        if not isinstance(term_sums, dict):
+            raise TypeError(f"training state 'term_sums' must be a mapping, got {term_sums!r}")
+        self.epoch, self.step, self.epoch_step, self.seen = (counters[name] for name in counters)
+        self.beta, self.history, self.seconds = float(state["beta"]), history, float(state["seconds"])
+        self.term_sums = {name: torch.tensor(float(value), device=device) for name, value in term_sums.items()}
         self.generator.set_state(state["data_generator"])
         set_rng_state(state["rng"])
         self.session_start = time.perf_counter()
