@@ -31,16 +31,24 @@ def test_there_are_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
-def test_notebook_is_committed_clean(path):
-    """Valid nbformat 4.5 (every cell has an id), no outputs, and at least one figure cell."""
+def test_notebook_is_committed_with_the_outputs_of_a_full_run(path):
+    """Valid nbformat 4.5 (every cell has an id); every code cell executed once, in order (committed
+    from a full run, so the notebook reads well without running it); every figure cell shows its
+    image; no error and no warning noise among the outputs."""
     notebook = nbformat.read(path, as_version=nbformat.NO_CONVERT)
     nbformat.validate(notebook)
     assert (notebook.nbformat, notebook.nbformat_minor) >= (4, 5)
     assert all(cell.get("id") for cell in notebook.cells)
-    for cell in notebook.cells:
-        if cell.cell_type == "code":
-            assert not cell.outputs and cell.execution_count is None, f"cell {cell.id} has stray outputs"
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1)), "not executed top to bottom"
+    for cell in code:
+        for output in cell.outputs:
+            assert output.output_type != "error", f"cell {cell.id} ends in an error"
+            text = output.get("text", "") if output.output_type == "stream" else ""
+            assert "Warning" not in text and "IProgress" not in text, f"cell {cell.id} shows warning noise: {text}"
     assert figure_cells(notebook), f"no cell is tagged {FIGURE_TAG!r}"
+    for cell in figure_cells(notebook):
+        assert any("image/png" in output.get("data", {}) for output in cell.outputs), f"cell {cell.id} has no image"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
