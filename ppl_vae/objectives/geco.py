@@ -99,7 +99,7 @@ class GECO(Objective):
     """
 
     supports_beta = False  # λ weighs the KL against the constraint
-    term_labels = {"constraint": "GECO constraint C (<= 0 is met; units of κ)"}
+    term_labels = {"constraint": "GECO constraint C (<= 0 is met; squared data units, nats for nll)"}
     status_panels = {
         "geco_lambda": ("GECO λ (constraint weight)", "log"),
         "geco_c_ma": ("GECO C_ma (constraint; <= 0 is met)", "linear"),
