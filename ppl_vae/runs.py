@@ -39,8 +39,8 @@ from ppl_vae.config import Config, apply_overrides, from_dict, load_config, save
 from ppl_vae.data import DATASETS, Dataset, batches, data_dir as find_data_dir, evaluation_split, load_dataset
 from ppl_vae.data.datasets import reads_files
 from ppl_vae.errors import CheckpointError, ConfigError
-from ppl_vae.evaluation import (ACTIVE_UNIT_THRESHOLD, PSIS_KHAT_THRESHOLD, PSIS_MIN_SAMPLES, evaluate_elbo,
-                                importance_sample, latent_health, log_likelihood)
+from ppl_vae.evaluation import (ACTIVE_UNIT_THRESHOLD, PSIS_KHAT_THRESHOLD, PSIS_MIN_SAMPLES, ImportanceEstimate,
+                                evaluate_elbo, importance_sample, latent_health, log_likelihood)
 from ppl_vae.models.vae import VAE
 from ppl_vae.objectives import Objective
 from ppl_vae.training.callbacks import (Checkpointing, EpochEvaluation, InterruptHandler, NonFiniteGuard, OutOfMemory,
@@ -367,20 +367,10 @@ def evaluate_run(
         print(f"latent diagnostics on {x.shape[0]} datapoints (KL per dimension, active units, marginal KL)...",
               file=sys.stderr, flush=True)
     health = latent_health(vae.model, vae.guide, x, progress=progress)
-    khat = estimate.khat
     results = {
         "split": split,
         "num_datapoints": x.shape[0],
-        "num_samples": num_samples,
-        "log_likelihood": estimate.log_likelihood.mean().item(),
-        "log_likelihood_std_error": (estimate.log_likelihood.std() / math.sqrt(x.shape[0])).item(),
-        "elbo": estimate.elbo.mean().item(),
-        "bits_per_dim": estimate.bits_per_dim(dataset.data_dim),
-        "ess_mean": estimate.ess.mean().item(),
-        "ess_min": estimate.ess.min().item(),
-        "psis_khat_max": _finite_or_none(khat.max().item()),
-        "psis_khat_mean": _finite_or_none(khat.mean().item()),
-        "psis_khat_above_0.7": None if num_samples < PSIS_MIN_SAMPLES else int((khat > PSIS_KHAT_THRESHOLD).sum()),
+        **estimate_summary(estimate, dataset.data_dim),
         **health,
         "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
         "seed": seed,
@@ -395,6 +385,26 @@ def evaluate_run(
     results["seconds"] = time.perf_counter() - started
     (run_dir / EVAL_FILE).write_text(json.dumps(results, indent=1))
     return results
+
+
+def estimate_summary(estimate: ImportanceEstimate, data_dim: int) -> dict[str, Any]:
+    """The mean log p(x) with its standard error over datapoints, the K-sample ELBO, bits per
+    dimension, ESS and PSIS k̂ of an importance-sampling estimate (nats per datapoint; the k̂ fields
+    are null where k̂ could not be fitted)."""
+    num_samples, khat = estimate.num_samples, estimate.khat
+    log_likelihood = estimate.log_likelihood
+    return {
+        "num_samples": num_samples,
+        "log_likelihood": log_likelihood.mean().item(),
+        "log_likelihood_std_error": (log_likelihood.std() / math.sqrt(log_likelihood.numel())).item(),
+        "elbo": estimate.elbo.mean().item(),
+        "bits_per_dim": estimate.bits_per_dim(data_dim),
+        "ess_mean": estimate.ess.mean().item(),
+        "ess_min": estimate.ess.min().item(),
+        "psis_khat_max": _finite_or_none(khat.max().item()),
+        "psis_khat_mean": _finite_or_none(khat.mean().item()),
+        "psis_khat_above_0.7": None if num_samples < PSIS_MIN_SAMPLES else int((khat > PSIS_KHAT_THRESHOLD).sum()),
+    }
 
 
 def _finite_or_none(value: float) -> float | None:
