@@ -34,3 +34,24 @@ def fresh_pyro():
     pyro.set_rng_seed(0)
     yield
     pyro.clear_param_store()
+
+
+def refuse_reading(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``path`` unreadable: chmod 000, and, since chmod does not stop root, opening that one path
+    through ``Path.open`` raises the PermissionError the OS would give anyone else."""
+    path.chmod(0)
+    if os.geteuid() == 0:
+        opened = Path.open
+
+        def refusing_open(self: Path, *args, **kwargs):
+            if self == path:
+                raise PermissionError(13, "Permission denied", str(self))
+            return opened(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "open", refusing_open)
+
+
+@pytest.fixture
+def unreadable():
+    """:func:`refuse_reading`, for tests: ``unreadable(path, monkeypatch)``."""
+    return refuse_reading

@@ -414,19 +414,10 @@ def test_folder_in_place_of_a_data_file_is_refused(tmp_path: Path):
         load_dataset("frey", tmp_path, download=False)
 
 
-def test_unreadable_data_file_is_refused(frey_path: Path, tmp_path: Path, monkeypatch):
+def test_unreadable_data_file_is_refused(frey_path: Path, tmp_path: Path, monkeypatch, unreadable):
     path = tmp_path / "frey_rawface.mat"
     shutil.copyfile(frey_path, path)
-    path.chmod(0)
-    if os.geteuid() == 0:  # chmod does not stop root: refuse opening this file as the OS would for others
-        opened = Path.open
-
-        def refusing_open(self: Path, *args, **kwargs):
-            if self == path:
-                raise PermissionError(13, "Permission denied", str(self))
-            return opened(self, *args, **kwargs)
-
-        monkeypatch.setattr(Path, "open", refusing_open)
+    unreadable(path, monkeypatch)
     with pytest.raises(DataError, match=re.escape(f"{path}: cannot be read (Permission denied)") + ".*chmod u\\+r"):
         load_dataset("frey", tmp_path, download=False)
 

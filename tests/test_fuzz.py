@@ -18,6 +18,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import refuse_reading
 from ppl_vae.build import REGISTRIES, build_vae, check
 from ppl_vae.config import Config, ObjectiveConfig, PartSpec, apply_overrides, from_dict, read_yaml, to_dict
 from ppl_vae.data import DATASETS, load_dataset
@@ -182,16 +183,7 @@ def damage_file(path: Path, good: bytes, damage: str, where: float, noise: bytes
     }[damage]
     path.write_bytes(content)
     if damage == "unreadable":
-        path.chmod(0)
-        if os.geteuid() == 0:  # root reads anything: make opening this one path fail as it would
-            opened = Path.open
-
-            def refusing_open(self: Path, *args, **kwargs):
-                if self == path:
-                    raise PermissionError(13, "Permission denied", str(path))
-                return opened(self, *args, **kwargs)
-
-            monkeypatch.setattr(Path, "open", refusing_open)
+        refuse_reading(path, monkeypatch)
 
 
 DATA_FILES = {"frey": [FREY_FACE.relpath], "mnist": [file.relpath for file in MNIST_FILES.values()]}
