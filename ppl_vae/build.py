@@ -19,7 +19,7 @@ import torch
 from pyro.optim import PyroOptim
 from torch import nn
 
-from ppl_vae.config import Config, ModelConfig, ObjectiveConfig, OptimConfig, PartSpec
+from ppl_vae.config import Config, ModelConfig, ObjectiveConfig, OptimConfig, PartSpec, value_at
 from ppl_vae.data import DATASETS, Dataset, evaluation_split, load_dataset
 from ppl_vae.errors import ConfigError
 from ppl_vae.models.vae import VAE
@@ -49,17 +49,12 @@ def check(config: Config) -> Config:
     :func:`build` makes them, still before any training."""
     DATASETS.get(config.data.name, "data.name")
     for key, registry in REGISTRIES.items():
-        spec = _get(config, key)
+        spec = value_at(config, key)
         spec.options = registry.check_options(spec.name, spec.options, key)
     objective = config.objective
     objective.options = OBJECTIVES.check_options(objective.name, objective.options, "objective")
     build_objective(objective)
     return config
-
-
-def _get(config: Config, key: str) -> Any:
-    section, name = key.split(".")
-    return getattr(getattr(config, section), name)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -177,7 +177,8 @@ def _from_dict(cls: type, values: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _get(config: Config, key: str) -> Any:
+def value_at(config: Config, key: str) -> Any:
+    """The value at a dotted key path (``model.prior``) of a config."""
     value: Any = config
     for name in key.split("."):
         value = getattr(value, name)
@@ -189,8 +190,8 @@ def validate(config: Config) -> Config:
     checked from the fields' annotations (``Size``, ``Positive``...) as the values are read; part names
     and options against their registries by :func:`ppl_vae.build.check`."""
     for key, allowed in CHOICES.items():
-        if _get(config, key) not in allowed:
-            value = _get(config, key)
+        if value_at(config, key) not in allowed:
+            value = value_at(config, key)
             raise ConfigError(
                 f"{key}: {value!r} is not allowed.{suggest(str(value), list(allowed))} "
                 f"Choose one of: {', '.join(allowed)}."
