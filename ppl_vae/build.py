@@ -68,7 +68,7 @@ def resolve_device(name: str) -> torch.device:
 
 def build_dataset(config: Config, device: torch.device) -> Dataset:
     """The config's dataset on ``device``; a batch larger than the training set is refused."""
-    dataset = load_dataset(config.data.name, config.data.data_dir, device=device)
+    dataset = load_dataset(config.data.name, config.data.data_dir, device=device).subset(config.data.train_size)
     if config.data.batch_size > dataset.train.shape[0]:
         raise ConfigError(
             f"data.batch_size: {config.data.batch_size} is larger than the {dataset.train.shape[0]} "

@@ -1,4 +1,4 @@
-"""The ``ppl-vae`` command line: ``train``, ``eval``, ``configs`` and ``parts``."""
+"""The ``ppl-vae`` command line: ``train``, ``eval``, ``configs``, ``parts`` and ``reproduce``."""
 
 from __future__ import annotations
 
@@ -129,15 +129,20 @@ def _summary(docstring: str | None) -> str:
     return sentence.replace("``", "").replace(":func:", "").replace(":class:", "").replace("`", "")
 
 
-def _reproduce(args: argparse.Namespace) -> None:
+def _reproduce(args: argparse.Namespace) -> int:
     import yaml
 
     from ppl_vae.experiments import EXPERIMENTS, claim, run_experiment
 
     if args.list or not args.name:
+        print(f"{'experiment':26s} {'full mode':>9s}  claim (full-mode wall time measured on 2 CPU cores)")
         for name in EXPERIMENTS.names():
-            print(f"{name:26s} {claim(name)}")
-        return
+            seconds = getattr(EXPERIMENTS.get(name), "full_seconds", None)
+            runtime = "?" if seconds is None else f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+            print(f"{name:26s} {runtime:>9s}  {claim(name)}")
+        return 0
+    if args.check and args.quick:
+        raise ConfigError("--check compares a full-mode run with its reference bands; drop --quick.")
     overrides = {}
     for override in args.set:
         key, sep, raw = override.partition("=")
@@ -148,6 +153,16 @@ def _reproduce(args: argparse.Namespace) -> None:
     record = run_experiment(args.name, out, args.quick, overrides, args.device)
     print(f"{record['experiment']} ({record['mode']} mode, {record['wall_seconds']:.1f} s): written to {out}")
     print(json.dumps(record["results"], indent=1, default=str))
+    if not args.check:
+        return 0
+    failed = [check for check in record["checks"] if not check["within"]]
+    for check in record["checks"]:
+        published = "" if check["published"] is None else f", published {check['published']} ({check['source']})"
+        print(f"{'ok  ' if check['within'] else 'FAIL'} {check['result']} = {check['value']}: "
+              f"band [{check['low']}, {check['high']}]{published}")
+    if args.set and failed:
+        print("(the bands are for the default full-mode settings; --set changed them)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,13 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
     configs.set_defaults(handler=_configs)
     parts = commands.add_parser("parts", help="list the datasets, parts and objectives a config can name, with options")
     parts.set_defaults(handler=_parts)
-    reproduce = commands.add_parser("reproduce", help="run one experiment (a paper's figure or table) into a folder")
+    reproduce = commands.add_parser(
+        "reproduce", help="run one experiment (a paper's figure or table) into a folder",
+        description="Run one experiment into a folder: its figures, NAME.json, and its trained runs in runs/. "
+                    "Running the same command again with the same --out resumes: finished runs are reused and an "
+                    "interrupted one continues from its checkpoint.")
     reproduce.add_argument("name", nargs="?", metavar="NAME", help="the experiment ('ppl-vae reproduce --list')")
     reproduce.add_argument("--list", action="store_true", help="list the experiments with the claim each checks")
     reproduce.add_argument("--quick", action="store_true", help="a budget of seconds: checks the pipeline, not the numbers")
     reproduce.add_argument("--out", help="output folder (default: runs/reproduce/NAME); --out figures to update the committed figures")
     reproduce.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
                            help="override one of the experiment's settings, e.g. --set epochs=10 (repeatable)")
+    reproduce.add_argument("--check", action="store_true",
+                           help="exit with status 1 if a full-mode result falls outside its reference band")
     reproduce.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: auto")
     reproduce.set_defaults(handler=_reproduce)
     return parser
@@ -200,14 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with concise_warnings("ppl-vae"):  # our DiagnosticWarnings as one line, without a source line
-            args.handler(args)
+            status = args.handler(args)
     except PplVaeError as error:
         print(f"ppl-vae: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:  # TrainingInterrupted says where its checkpoint is
         print(f"ppl-vae: interrupted{': ' if str(interrupt) else ''}{interrupt}", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ class DataConfig:
     name: str = "digits"
     data_dir: str | None = None  # None: $PPL_VAE_DATA, else ~/.cache/ppl_vae
     batch_size: Size = 100
+    train_size: Size | None = None  # train on the first N training examples; null: all of them
 
 
 @dataclass

@@ -178,6 +178,15 @@ def test_to_moves_every_tensor():
     assert moved.image_shape == (8, 8) and moved.name == "digits"
 
 
+def test_subset_keeps_the_first_training_examples_and_their_labels():
+    dataset = load_dataset("digits")
+    small = dataset.subset(100)
+    assert torch.equal(small.train, dataset.train[:100]) and torch.equal(small.train_labels, dataset.train_labels[:100])
+    assert small.test is dataset.test and dataset.subset(None) is dataset
+    with pytest.raises(ConfigError, match=r"data.train_size: 5000 is more than the 1500 training examples"):
+        dataset.subset(5000)
+
+
 def test_unknown_dataset_name_suggests_the_closest():
     with pytest.raises(ConfigError, match="Did you mean 'mnist'"):
         load_dataset("mnsit")

@@ -8,14 +8,17 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from matplotlib.image import imread
 
 from ppl_vae.cli import main
-from ppl_vae.experiments import EXPERIMENTS, claim, run_experiment
+from ppl_vae.experiments import EXPERIMENTS, Output, Reference, check_results, claim, run_experiment
+from ppl_vae.experiments.common import one_hidden_layer_config
 
 FIGURES = Path(__file__).resolve().parents[1] / "figures"
-ALL_EXPERIMENTS = ["autoencoder-vs-vae", "beta-phase-transitions", "cvae-completions", "geco-information-plane",
-                   "geco-vs-beta", "parts-table"]
+ALL_EXPERIMENTS = ["aevb-lower-bound", "aevb-marginal-likelihood", "autoencoder-vs-vae", "beta-phase-transitions",
+                   "collapse-and-annealing", "cvae-completions", "geco-information-plane", "geco-vs-beta", "iwae-table",
+                   "latent-space", "priors-table", "suarez-variants"]
 
 
 def numbers_in(value):
@@ -42,11 +45,16 @@ def empty_working_directory(tmp_path, monkeypatch):
     return folder
 
 
-def test_the_six_experiments_are_registered_with_their_claims():
+def test_every_experiment_is_registered_with_its_claim_quick_settings_and_full_mode():
     assert EXPERIMENTS.names() == ALL_EXPERIMENTS
     for name in ALL_EXPERIMENTS:
+        experiment = EXPERIMENTS.get(name)
         assert claim(name), f"{name} has no docstring claim"
-        assert getattr(EXPERIMENTS.get(name), "quick", None), f"{name} has no quick settings"
+        assert getattr(experiment, "quick", None), f"{name} has no quick settings"
+        assert getattr(experiment, "full_seconds", 0) > 0, f"{name} has no measured full-mode runtime (@full)"
+        assert getattr(experiment, "references", ()), f"{name} has no reference numbers to check (@full)"
+        for reference in experiment.references:
+            assert reference.low < reference.high, f"{name}: empty band for {reference.result}"
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS.names())
@@ -61,6 +69,8 @@ def test_experiment_runs_in_quick_mode(name, tmp_path, empty_working_directory):
     assert set(written["settings"]) == set(EXPERIMENTS.options(name))
     assert written["wall_seconds"] > 0
     assert {"platform", "device", "torch"} <= set(written["machine"])
+    assert [check["result"] for check in written["checks"]] == [
+        reference.result for reference in EXPERIMENTS.get(name).references]
     numbers = numbers_in(written["results"])
     assert numbers, f"{name} returned no numbers"
     assert all(math.isfinite(number) for number in numbers)
@@ -73,34 +83,69 @@ def test_experiment_runs_in_quick_mode(name, tmp_path, empty_working_directory):
     assert not any(empty_working_directory.iterdir()), "an experiment wrote into the working directory"
 
 
-def test_cli_lists_every_experiment_with_its_claim(capsys):
+def test_cli_lists_every_experiment_with_its_claim_and_runtime(capsys):
     assert main(["reproduce", "--list"]) == 0
-    listing = capsys.readouterr().out
+    listing = capsys.readouterr().out.splitlines()
+    assert "measured on 2 CPU cores" in listing[0]
     for name in ALL_EXPERIMENTS:
-        assert f"{name} " in listing and claim(name) in listing
+        line = next(line for line in listing if line.startswith(f"{name} "))
+        assert claim(name) in line and (" s " in line or " min " in line)
 
 
 def test_cli_suggests_the_experiment_meant(capsys):
-    assert main(["reproduce", "parts-tabel"]) == 2
-    assert "Did you mean 'parts-table'" in capsys.readouterr().err
+    assert main(["reproduce", "geco-vs-bta"]) == 2
+    assert "Did you mean 'geco-vs-beta'" in capsys.readouterr().err
 
 
-def test_cli_runs_an_experiment_with_a_setting(tmp_path, capsys, empty_working_directory):
-    out = tmp_path / "out"
-    assert main(["reproduce", "autoencoder-vs-vae", "--quick", "--out", str(out), "--set", "epochs=1"]) == 0
-    record = json.loads((out / "autoencoder-vs-vae.json").read_text())
-    assert record["mode"] == "quick" and record["settings"] == {"dataset": "digits", "epochs": 1}
-    assert (out / "autoencoder_vs_vae.png").is_file()
-    assert "autoencoder-vs-vae (quick mode" in capsys.readouterr().out
+def test_check_results_finds_each_reference_and_says_whether_it_is_in_its_band(monkeypatch):
+    references = (Reference("VAE.kl", 1.0, 2.0, published=1.5, source="a paper"), Reference("VAE.kl", 3.0, 4.0),
+                  Reference("VAE.missing", 0.0, 1.0))
+    monkeypatch.setattr(EXPERIMENTS.get("autoencoder-vs-vae"), "references", references)
+    checks = check_results("autoencoder-vs-vae", {"VAE": {"kl": 1.25}})
+    assert [(check["value"], check["within"]) for check in checks] == [(1.25, True), (1.25, False), (None, False)]
+    assert checks[0]["published"] == 1.5 and checks[0]["source"] == "a paper"
 
 
-@pytest.mark.parametrize("name, setting, message", [
-    ("autoencoder-vs-vae", "epoch=1", "has no option 'epoch'. Did you mean 'epochs'?"),
-    ("autoencoder-vs-vae", "epochs=many", "autoencoder-vs-vae.epochs: expected an integer, got 'many'"),
-    ("geco-information-plane", "tolerances=0.1", "geco-information-plane.tolerances: expected a list"),
-])
-def test_cli_refuses_a_bad_setting_by_name(name, setting, message, tmp_path, capsys):
-    assert main(["reproduce", name, "--quick", "--out", str(tmp_path), "--set", setting]) == 2
-    error = capsys.readouterr().err
-    assert error.startswith("ppl-vae: error:") and message in error
-    assert not any(tmp_path.iterdir()), "a refused setting still ran the experiment"
+@pytest.mark.parametrize("band, status", [((0.0, 1e6), 0), ((1e5, 1e6), 1)])
+def test_cli_check_exits_non_zero_when_a_result_leaves_its_band(band, status, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(EXPERIMENTS.get("autoencoder-vs-vae"), "references",
+                        (Reference("VAE (β = 1).kl", *band, published=25.0, source="somewhere"),))
+    settings = ["--set", "dataset=digits", "--set", "epochs=1"]
+    assert main(["reproduce", "autoencoder-vs-vae", "--check", "--out", str(tmp_path), *settings]) == status
+    printed = capsys.readouterr()
+    assert ("FAIL" if status else "ok") in printed.out and "published 25.0 (somewhere)" in printed.out
+    assert ("--set changed them" in printed.err) == bool(status)
+
+
+def test_cli_check_refuses_quick_mode(tmp_path, capsys):
+    assert main(["reproduce", "autoencoder-vs-vae", "--check", "--quick", "--out", str(tmp_path)]) == 2
+    assert "drop --quick" in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
+def test_running_an_experiment_again_reuses_its_finished_runs(tmp_path):
+    first = run_experiment("autoencoder-vs-vae", tmp_path, quick_mode=True, progress=False)
+    checkpoints = fingerprint(tmp_path / "runs")
+    again = run_experiment("autoencoder-vs-vae", tmp_path, quick_mode=True, progress=False)
+    assert again["results"] == first["results"]
+    assert {path: digest for path, digest in fingerprint(tmp_path / "runs").items() if path.endswith(".pt")} == {
+        path: digest for path, digest in checkpoints.items() if path.endswith(".pt")}, "a finished run was retrained"
+    assert again["wall_seconds"] < first["wall_seconds"]
+
+
+def test_fitting_with_more_epochs_continues_the_run_with_that_label(tmp_path):
+    def config(output: Output, epochs: int, latent_dim: int = 10):
+        config = one_hidden_layer_config(output, "digits", epochs, {"name": "elbo"}, latent_dim=latent_dim)
+        config.train.eval_every = 1  # the same evaluations (and random draws) in one run as in two stages
+        return config
+
+    output = Output(tmp_path, torch.device("cpu"), progress=False)
+    one_epoch = output.fit(config(output, 1), "staged")
+    two_epochs = output.fit(config(output, 2), "staged")
+    fresh = Output(tmp_path / "fresh", torch.device("cpu"), progress=False)
+    straight = fresh.fit(config(fresh, 2), "staged")
+    assert [entry["epoch"] for entry in two_epochs.history] == [1, 2]
+    assert two_epochs.history[0] == one_epoch.history[0]
+    for continued, uninterrupted in zip(two_epochs.vae.parameters(), straight.vae.parameters()):
+        assert torch.equal(continued, uninterrupted), "training in two stages differs from one run"
+    other = output.fit(config(output, 1, latent_dim=3), "staged")
+    assert len(other.history) == 1 and len(list((tmp_path / "runs").iterdir())) == 2

@@ -1,14 +1,18 @@
 """Experiments and reproductions: one module per figure or table, all run by one runner
-(:mod:`~ppl_vae.experiments.runner`, ``ppl-vae reproduce NAME``)."""
+(:mod:`~ppl_vae.experiments.runner`, ``ppl-vae reproduce NAME``).
 
-from ppl_vae.experiments import (  # noqa: F401  (each module registers its experiment in EXPERIMENTS)
-    autoencoder_vs_vae,
-    beta_phase_transitions,
-    cvae_completions,
-    geco_information_plane,
-    geco_vs_beta,
-    parts_table,
-)
-from ppl_vae.experiments.runner import EXPERIMENTS, Output, claim, quick, run_experiment, settings_of
+Every module of this package except the runner and ``common`` registers its experiment when it is
+imported, and is imported here: adding an experiment is adding its module."""
 
-__all__ = ["EXPERIMENTS", "Output", "claim", "quick", "run_experiment", "settings_of"]
+import importlib
+import pkgutil
+
+from ppl_vae.experiments.runner import (EXPERIMENTS, Output, Reference, check_results, claim, full, quick,
+                                        run_experiment, settings_of)
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in ("runner", "common"):
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["EXPERIMENTS", "Output", "Reference", "check_results", "claim", "full", "quick", "run_experiment",
+           "settings_of"]

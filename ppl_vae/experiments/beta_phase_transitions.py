@@ -15,8 +15,7 @@ from matplotlib.figure import Figure
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.experiments.common import one_hidden_layer_config, squared_error
-from ppl_vae.experiments.runner import EXPERIMENTS, Output, quick
-from ppl_vae.runs import fit
+from ppl_vae.experiments.runner import EXPERIMENTS, Output, Reference, full, quick
 
 GAUSSIAN_LIKELIHOOD = {"name": "gaussian", "sigma": 0.1, "squash": "none"}
 PEAK_FRACTION = 0.2  # a critical β is a local maximum of the curvature above this fraction of its largest value
@@ -24,6 +23,7 @@ PEAK_FRACTION = 0.2  # a critical β is a local maximum of the curvature above t
 
 @EXPERIMENTS.register("beta-phase-transitions")
 @quick(num_betas=3, epochs=1)
+@full(seconds=77, references=[Reference("critical_betas.0", 0.3, 0.9), Reference("critical_betas.1", 3.0, 7.0)])
 def beta_phase_transitions(
     output: Output, *, smallest_beta: float = 0.1, largest_beta: float = 30.0, num_betas: int = 22, epochs: int = 50,
 ) -> dict[str, Any]:
@@ -43,7 +43,7 @@ def beta_phase_transitions(
         objective = {"name": "meanfield", "beta": {"name": "constant", "value": float(beta)}}
         config = one_hidden_layer_config(output, "mixture2d", epochs, objective, latent_dim=2, hidden=32,
                                          likelihood=GAUSSIAN_LIKELIHOOD, lr=1e-2)
-        run = fit(config)
+        run = output.fit(config, f"beta={beta:.4g}")
         errors.append(squared_error(run.vae, run.dataset.test) * run.dataset.data_dim)
     log_beta = np.log(betas)
     curvature = np.gradient(np.gradient(errors, log_beta), log_beta)

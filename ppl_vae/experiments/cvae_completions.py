@@ -24,7 +24,7 @@ from ppl_vae.build import build_optimizer
 from ppl_vae.config import OptimConfig
 from ppl_vae.data import Dataset, batches, load_dataset, sample_binary
 from ppl_vae.evaluation import log_likelihood
-from ppl_vae.experiments.runner import EXPERIMENTS, Output, quick
+from ppl_vae.experiments.runner import EXPERIMENTS, Output, Reference, full, quick
 from ppl_vae.models.cvae import CVAE, TASKS, Baseline, Task, observed_mask, split_pixels
 from ppl_vae.objectives import OBJECTIVES
 from ppl_vae.objectives.schedules import Constant
@@ -40,6 +40,10 @@ COMPLETIONS_PER_DIGIT = 6
 
 @EXPERIMENTS.register("cvae-completions")
 @quick(dataset="digits", epochs=1, importance_samples=10)
+@full(seconds=205, references=[
+    Reference("right_half.cvae_log_likelihood", -46.5, -41.0), Reference("right_half.baseline_log_likelihood", -60.0, -54.0),
+    Reference("quadrant.cvae_log_likelihood", -77.5, -70.5), Reference("quadrant.baseline_log_likelihood", -112.0, -105.0),
+])
 def cvae_completions(
     output: Output, *, dataset: str = "mnist-binarized", epochs: int = 3, importance_samples: int = 100,
     tasks: tuple[Task, ...] = TASKS,
