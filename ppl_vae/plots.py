@@ -257,23 +257,30 @@ def plot_manifold(
     where the ``codes`` lie when given, e.g. ``posterior_means(vae, test_x)``, else through the
     inverse normal CDF as in AEVB Fig. 4), z[0] along the columns and z[1] up the rows, with the z
     values as tick labels."""
-    x_values, y_values = manifold_grid(steps, codes)
-    device = next(vae.parameters()).device
-    z1, z0 = torch.meshgrid(y_values.flip(0), x_values, indexing="ij")  # rows: z[1] from high to low
-    z = torch.stack([z0.reshape(-1), z1.reshape(-1)], dim=1).to(device)
     height, width = image_shape
-    gap = 1
     fig = new_figure(MANIFOLD_WIDTH, MANIFOLD_WIDTH * height / width)
-    ax = fig.add_subplot()
     low, high = (f"{100 * q:g}%" for q in MANIFOLD_QUANTILES)
     source = "the codes'" if codes is not None else "the prior's"
-    title = f"learned manifold E[x|z], z from {source} {low} to {high} quantiles"
-    image_axes(ax, image_grid(vae.decoded_mean(z), image_shape, steps, gap), title)
-    tiles = np.arange(steps)  # a tick at the centre of every tile, labelled with its z value
-    ax.set_xticks(tiles * (width + gap) + (width - 1) / 2, _tick_labels(x_values), rotation=90, fontsize="small")
-    ax.set_yticks(tiles * (height + gap) + (height - 1) / 2, _tick_labels(y_values)[::-1], fontsize="small")
-    ax.set(xlabel="z[0]", ylabel="z[1]")
+    draw_manifold(fig.add_subplot(), vae, image_shape, *manifold_grid(steps, codes),
+                  f"learned manifold E[x|z], z from {source} {low} to {high} quantiles")
     return _saved(fig, path)
+
+
+@torch.no_grad()
+def draw_manifold(ax: Axes, vae: VAE, image_shape: tuple[int, int], x_values: torch.Tensor, y_values: torch.Tensor,
+                  title: str) -> None:
+    """Draw E[x|z] on ``ax`` for z on the grid ``x_values`` x ``y_values`` (each increasing): z[0]
+    along the columns, z[1] up the rows, the z value of every tile as its tick label."""
+    z1, z0 = torch.meshgrid(y_values.flip(0), x_values, indexing="ij")  # rows: z[1] from high to low
+    z = torch.stack([z0.reshape(-1), z1.reshape(-1)], dim=1).to(next(vae.parameters()).device)
+    height, width = image_shape
+    gap = 1
+    image_axes(ax, image_grid(vae.decoded_mean(z), image_shape, len(x_values), gap), title)
+    ax.set_xticks(np.arange(len(x_values)) * (width + gap) + (width - 1) / 2, _tick_labels(x_values), rotation=90,
+                  fontsize="small")
+    ax.set_yticks(np.arange(len(y_values)) * (height + gap) + (height - 1) / 2, _tick_labels(y_values)[::-1],
+                  fontsize="small")
+    ax.set(xlabel="z[0] (latent units)", ylabel="z[1] (latent units)")
 
 
 def plot_kl_per_dim(kl_per_dim: list[float], active: list[bool], path: str | Path | None = None) -> Figure:

@@ -107,7 +107,7 @@ def test_manifold_ticks_are_the_grid_z_values():
     z_values = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, 5))  # -1.64 ... 1.64
     assert x_labels == pytest.approx(z_values.tolist(), abs=0.005)
     assert y_labels == pytest.approx(x_labels[::-1])  # z[1] runs up the rows
-    assert (fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel()) == ("z[0]", "z[1]")
+    assert (fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel()) == ("z[0] (latent units)", "z[1] (latent units)")
 
 
 def test_manifold_of_codes_spans_where_the_codes_lie():
