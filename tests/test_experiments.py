@@ -150,3 +150,15 @@ def test_fitting_with_more_epochs_continues_the_run_with_that_label(tmp_path):
         assert torch.equal(continued, uninterrupted), "training in two stages differs from one run"
     other = output.fit(config(output, 1, latent_dim=3), "staged")
     assert len(other.history) == 1 and len(list((tmp_path / "runs").iterdir())) == 2
+
+
+def test_training_in_stages_again_reloads_every_stage(tmp_path):
+    output = Output(tmp_path, torch.device("cpu"), progress=False)
+    config = one_hidden_layer_config(output, "digits", 1, {"name": "elbo"})
+    first = [(len(run.history), run.metrics["test_elbo"]) for run in output.fit_in_stages(config, "staged", [1, 3])]
+    run_dir = next((tmp_path / "runs").iterdir())
+    trained = fingerprint(run_dir, skip="stages")
+    again = [(len(run.history), run.metrics["test_elbo"]) for run in output.fit_in_stages(config, "staged", [1, 3])]
+    assert [epochs for epochs, _ in first] == [1, 3] and again == first
+    assert {path: digest for path, digest in fingerprint(run_dir, skip="stages").items() if path.endswith(".pt")} == {
+        path: digest for path, digest in trained.items() if path.endswith(".pt")}, "a stage was trained again"

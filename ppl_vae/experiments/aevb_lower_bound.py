@@ -14,20 +14,19 @@ step size picked from AEVB's {0.01, 0.02, 0.1} by the training ELBO after 200 st
 both datasets; see :data:`OPTIMIZERS`) and the weight decay of AEVB's N(0, I) prior on the
 parameters; and Adam at 1e-3 without weight decay, as the KTH report.
 
-Each model trains in stages (:func:`train_in_stages`); after each stage the ELBO is evaluated on
+Each model trains in stages (:meth:`~ppl_vae.experiments.runner.Output.fit_in_stages`); after each stage the ELBO is evaluated on
 the whole training set and the whole test set with the current weights. Writes
 ``aevb_lower_bound.png`` (:func:`plot_lower_bounds`). Nats per datapoint, log-probabilities (higher
 is better); on Frey a log-density of pixels scaled to [0, 1], so it can be positive.
 
-:func:`aevb_config`, :func:`train_in_stages`, :func:`log_spaced_epochs` and :data:`OPTIMIZERS` are
+:func:`aevb_config`, :meth:`~ppl_vae.experiments.runner.Output.fit_in_stages`, :func:`log_spaced_epochs` and :data:`OPTIMIZERS` are
 shared with ``aevb-marginal-likelihood``.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
-from typing import Any, Iterator
+from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -38,7 +37,6 @@ from ppl_vae.data import load_dataset
 from ppl_vae.errors import ConfigError
 from ppl_vae.experiments.runner import EXPERIMENTS, Output, Reference, full, quick
 from ppl_vae.plots import UNITS, new_figure
-from ppl_vae.runs import Run
 
 BATCH_SIZE = 100  # AEVB's minibatch size M
 OPTIMIZERS = {  # name -> its optim section, whether the weight decay of AEVB's N(0, I) prior on θ is added, label
@@ -84,7 +82,7 @@ def aevb_config(
     ``latent_dim`` Gaussian latents, the given decoder ``likelihood``, the ELBO with one sample per
     datapoint, minibatches of 100 and the ``optimizer`` of :data:`OPTIMIZERS` (by name), trained on
     the first ``train_size`` training examples (all of them if None). ``train.epochs`` is set by
-    :func:`train_in_stages`.
+    :meth:`~ppl_vae.experiments.runner.Output.fit_in_stages`.
 
     The weight decay of AEVB's prior p(θ) = N(0, I): AEVB ascends (N/M)·Σ_batch ELBO + log p(θ);
     our loss is -Σ_batch ELBO, that objective times M/N, so the prior adds (M/N)·θ to the gradient
@@ -107,21 +105,10 @@ def aevb_config(
     })
 
 
-def train_in_stages(output: Output, config: Config, label: str, stages: list[int]) -> Iterator[Run]:
-    """Train ``config`` up to each number of epochs in ``stages`` (increasing) in turn, each stage
-    continuing the run of the one before (:meth:`Output.fit` resumes the run folder of ``label``),
-    and yield the run after each: evaluated at its last epoch, with the training-set ELBO of its
-    current weights in ``run.metrics``."""
-    for epochs in stages:
-        staged = copy.deepcopy(config)
-        staged.train.epochs = staged.train.eval_every = staged.train.checkpoint_every = epochs
-        yield output.fit(staged, label)
-
-
 def elbo_curve(output: Output, config: Config, label: str, stages: list[int]) -> dict[str, list[float]]:
     """The training and test ELBO of ``config`` after each stage, against the training samples seen."""
     curve: dict[str, list[float]] = {"samples_seen": [], "train_elbo": [], "test_elbo": []}
-    for epochs, run in zip(stages, train_in_stages(output, config, label, stages)):
+    for epochs, run in zip(stages, output.fit_in_stages(config, label, stages)):
         curve["samples_seen"].append(epochs * run.dataset.train.shape[0])
         curve["train_elbo"].append(run.metrics["train_elbo"])
         curve["test_elbo"].append(run.metrics["test_elbo"])

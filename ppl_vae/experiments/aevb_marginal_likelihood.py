@@ -26,8 +26,7 @@ from matplotlib.lines import Line2D
 
 from ppl_vae.data import evaluation_split
 from ppl_vae.evaluation import log_likelihood
-from ppl_vae.experiments.aevb_lower_bound import (BATCH_SIZE, OPTIMIZERS, aevb_config, log_spaced_epochs,
-                                                  train_in_stages)
+from ppl_vae.experiments.aevb_lower_bound import BATCH_SIZE, OPTIMIZERS, aevb_config, log_spaced_epochs
 from ppl_vae.experiments.runner import EXPERIMENTS, Output, Reference, full, quick
 from ppl_vae.plots import UNITS, new_figure
 from ppl_vae.runs import Run
@@ -79,7 +78,7 @@ def aevb_marginal_likelihood(
         stages = log_spaced_epochs(max(1, samples_seen // train_size), evaluations)
         curve: dict[str, Any] = {"train_size": train_size, "evaluated_at_epochs": stages, "samples_seen": [],
                                  "train_log_px": [], "test_log_px": [], "train_elbo": [], "test_elbo": []}
-        for epochs, run in zip(stages, train_in_stages(output, config, f"n{train_size}-{optimizer}", stages)):
+        for epochs, run in zip(stages, output.fit_in_stages(config, f"n{train_size}-{optimizer}", stages)):
             curve["samples_seen"].append(epochs * run.dataset.train.shape[0])
             for split in ("train", "test"):
                 curve[f"{split}_log_px"].append(log_px_on(run, split, eval_size, importance_samples, seed))

@@ -28,12 +28,14 @@ import copy
 import hashlib
 import inspect
 import json
+import os
 import platform
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -130,19 +132,53 @@ class Output:
         A finished run found there is loaded and evaluated again instead of trained; an interrupted
         one (Ctrl-C, or killed after a checkpoint) continues from its checkpoint, so an experiment
         run again with the same ``--out`` picks up where it stopped. A config with more
-        ``train.epochs`` than the run in the folder continues it: fitting with growing epochs
-        trains in stages (to evaluate along the way) without starting again.
+        ``train.epochs`` than the run in the folder continues it (see :meth:`fit_in_stages`).
         """
         from ppl_vae.runs import CHECKPOINT, fit
 
+        config = self._on_device(config)
+        run_dir = self._run_folder(config, label)
+        resume = (run_dir / CHECKPOINT).is_file()
+        return fit(config, run_dir, resume=resume, overwrite=not resume, figures=False)
+
+    def fit_in_stages(self, config: Config, label: str, stages: Sequence[int]) -> Iterator[Run]:
+        """Train ``config`` up to each number of epochs in ``stages`` (increasing) in turn, each stage
+        continuing the one before, and yield the run after each, evaluated at its last epoch: to
+        measure a model along its training (AEVB's curves against samples seen).
+
+        Each stage's checkpoint is kept in ``stages/epochs-<n>`` of the run folder (a hard link where
+        the file system allows), so an experiment run again reloads every finished stage instead of
+        refusing a run that has already trained past it.
+        """
+        from ppl_vae.runs import CHECKPOINT, fit
+
+        for epochs in stages:
+            staged = self._on_device(config)
+            staged.train.epochs = staged.train.eval_every = staged.train.checkpoint_every = epochs
+            snapshot = self._run_folder(staged, label) / "stages" / f"epochs-{epochs}"
+            if (snapshot / CHECKPOINT).is_file():
+                yield fit(staged, snapshot, resume=True, figures=False)
+                continue
+            run = self.fit(staged, label)
+            snapshot.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(run.out_dir / CHECKPOINT, snapshot / CHECKPOINT)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(run.out_dir / CHECKPOINT, snapshot / CHECKPOINT)
+            yield run
+
+    def _on_device(self, config: Config) -> Config:
+        """A copy of ``config`` that trains on this output's device, with its progress setting."""
         config = copy.deepcopy(config)
         config.device, config.train.progress = str(self.device), self.progress
+        return config
+
+    def _run_folder(self, config: Config, label: str) -> Path:
+        """``runs/<label>-<hash of the config without train and device>`` in the output folder."""
         recipe = {key: value for key, value in to_dict(config).items() if key not in ("train", "device")}
         digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:8]
         folder_name = re.sub(r"[^\w.=-]+", "_", label).strip("_")
-        run_dir = self.folder / "runs" / f"{folder_name}-{digest}"
-        resume = (run_dir / CHECKPOINT).is_file()
-        return fit(config, run_dir, resume=resume, overwrite=not resume, figures=False)
+        return self.folder / "runs" / f"{folder_name}-{digest}"
 
 
 def claim(name: str) -> str:
