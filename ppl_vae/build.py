@@ -10,11 +10,10 @@ everything a training run needs, in a fixed order (so a seed gives the same run)
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import pyro
-import pyro.optim
 import torch
 from pyro.optim import PyroOptim
 from torch import nn
@@ -30,6 +29,7 @@ from ppl_vae.parts.nets import NETS
 from ppl_vae.parts.posteriors import POSTERIORS
 from ppl_vae.parts.priors import PRIORS, EncoderPrior
 from ppl_vae.registry import Registry
+from ppl_vae.training.optimizers import SharedOptim
 
 REGISTRIES: dict[str, Registry] = {
     "model.encoder": NETS,
@@ -39,7 +39,7 @@ REGISTRIES: dict[str, Registry] = {
     "model.likelihood": LIKELIHOODS,
     "objective.beta": SCHEDULES,
 }
-OPTIMIZERS = {"adam": pyro.optim.Adam, "adagrad": pyro.optim.Adagrad}
+OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}
 
 
 def check(config: Config) -> Config:
@@ -129,10 +129,11 @@ def build_objective(config: ObjectiveConfig) -> Objective:
 
 
 def build_optimizer(config: OptimConfig) -> PyroOptim:
-    """The Pyro optimizer of a config's ``optim`` section. With ``clip_norm``, Pyro clips each
-    parameter tensor's gradient to that norm before the update (``clip_args``)."""
+    """The Pyro optimizer of a config's ``optim`` section: one torch optimizer for every parameter
+    (:class:`~ppl_vae.training.optimizers.SharedOptim`, the updates of Pyro's per-parameter ones).
+    With ``clip_norm``, each parameter tensor's gradient is clipped to that norm before the update."""
     clip_args = {"clip_norm": config.clip_norm} if config.clip_norm is not None else None
-    return OPTIMIZERS[config.name]({"lr": config.lr, "weight_decay": config.weight_decay}, clip_args)
+    return SharedOptim(OPTIMIZERS[config.name], {"lr": config.lr, "weight_decay": config.weight_decay}, clip_args)
 
 
 @dataclass
@@ -150,13 +151,17 @@ class Setup:
 
 def build(config: Config) -> Setup:
     """Build a run's objects from a checked config: the dataset on the device, then (after seeding
-    Pyro and clearing its param store) the VAE, checked against the data's support, the objective,
-    the β schedule and the optimizer."""
+    Pyro and clearing its param store) the VAE, checked against the data's support, the objective
+    (compiled with ``train.compile`` where it can be), the β schedule and the optimizer."""
     device = resolve_device(config.device)
     dataset = build_dataset(config, device)
     pyro.set_rng_seed(config.seed)
     pyro.clear_param_store()
     vae = build_vae(config.model, dataset.data_dim, dataset.image_shape).to(device)
     check_support(vae, dataset)
-    return Setup(config, device, dataset, vae, build_objective(config.objective), build_schedule(config.objective.beta),
+    objective = build_objective(config.objective)
+    if config.train.compile and not objective.compile():
+        warnings.warn(f"train.compile: objective {config.objective.name!r} has no compiled loss; it runs eagerly "
+                      "(only elbo has one).", RuntimeWarning, stacklevel=2)
+    return Setup(config, device, dataset, vae, objective, build_schedule(config.objective.beta),
                  build_optimizer(config.optim))

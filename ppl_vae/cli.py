@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import re
 import sys
 import time
@@ -13,12 +15,12 @@ from ppl_vae.config import apply_overrides, from_dict, read_yaml, shipped_config
 from ppl_vae.errors import ConfigError, PplVaeError, concise_warnings
 
 
-def _train(args: argparse.Namespace) -> None:
-    from ppl_vae.runs import fit, resume_config
-
+def _train(args: argparse.Namespace) -> int | None:
     overrides = list(args.set)
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
+    if args.nproc is not None:
+        _check_nproc(args.nproc)
     if args.resume:
         moved = args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve()
         extra = [text for text, given in ((f"--out {args.out}", moved), (f"the config {args.config!r}", args.config),
@@ -29,13 +31,24 @@ def _train(args: argparse.Namespace) -> None:
                 f"{' and '.join(extra)} would be ignored; drop {'them' if len(extra) > 1 else 'it'} (change train.* "
                 "values with --set), or start a new run without --resume."
             )
-        config, out_dir = resume_config(args.resume, overrides), Path(args.resume)
-    else:
+        config, out_dir = None, Path(args.resume)
+    else:  # the schema is checked here, before torch and Pyro are imported: a mistyped key is answered at once
         name = args.config or "default"
         config = from_dict(apply_overrides(read_yaml(_config_source(name)), overrides))
         out_dir = Path(args.out) if args.out else Path("runs") / f"{Path(name).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.nproc is not None and args.nproc > 1:
+        from ppl_vae.training.distributed import launch
+
+        entry_point = importlib.import_module("ppl_vae.cli").main  # by its module's name, also under python -m
+        return launch(args.nproc, entry_point, _process_argv(args, out_dir, overrides))
+    from ppl_vae.runs import fit, resume_config
+
+    if args.resume:
+        config = resume_config(args.resume, overrides)
     run = fit(config, out_dir, resume=bool(args.resume), overwrite=args.overwrite)
     metrics = run.metrics
+    if not metrics:  # a process of a data-parallel run other than rank 0, which reports
+        return None
     print(f"run directory: {out_dir}")
     print("nats per datapoint; ELBO = E_q[log p(x|z)] - KL(q||p), higher is better")
     print(f"  train ELBO {metrics['train_elbo']:10.2f}  (final weights, one pass over the training set; the progress "
@@ -48,6 +61,27 @@ def _train(args: argparse.Namespace) -> None:
     print(f"  {metrics['epochs']} epochs, {metrics['steps']} steps, {metrics['seconds']:.1f} s on {metrics['device']}")
     for warning in metrics["warnings"]:
         print(f"ppl-vae: warning: {warning}", file=sys.stderr)
+    return None
+
+
+def _check_nproc(nproc: int) -> None:
+    """Refuse a process count below 1, and --nproc inside a run that torchrun already started."""
+    if nproc < 1:
+        raise ConfigError(f"--nproc: the number of processes must be at least 1, got {nproc}.")
+    if os.environ.get("WORLD_SIZE") is not None:
+        raise ConfigError("--nproc starts its own processes, but this one was started by torchrun (WORLD_SIZE is "
+                          "set); drop --nproc and give the number of processes to torchrun (--nproc-per-node).")
+
+
+def _process_argv(args: argparse.Namespace, out_dir: Path, overrides: list[str]) -> list[str]:
+    """The command line of each process of a ``--nproc`` run: this one without ``--nproc``, with the
+    run directory resolved (all processes must agree on it)."""
+    if args.resume:
+        argv = ["train", "--resume", str(out_dir)]
+    else:
+        argv = ["train", *([args.config] if args.config else []), "--out", str(out_dir)]
+        argv += ["--overwrite"] if args.overwrite else []
+    return argv + [f"--set={override}" for override in overrides]
 
 
 def _config_source(name: str) -> str:
@@ -182,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true",
                        help="replace the run already in --out (its checkpoint included) instead of refusing")
     train.add_argument("--data-dir", help="folder holding the dataset files (default: $PPL_VAE_DATA or ~/.cache/ppl_vae)")
+    train.add_argument("--nproc", type=int, metavar="N",
+                       help="data-parallel training in N processes on this machine (gloo on CPU, nccl with one GPU "
+                            "each); data.batch_size is the global batch. On several machines use torchrun instead")
     train.set_defaults(handler=_train)
     evaluate = commands.add_parser("eval", help="importance-sampled log p(x) and latent diagnostics of a run")
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by 'ppl-vae train'")

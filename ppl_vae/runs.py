@@ -43,9 +43,10 @@ from ppl_vae.evaluation import (ACTIVE_UNIT_THRESHOLD, PSIS_KHAT_THRESHOLD, PSIS
                                 evaluate_elbo, importance_sample, latent_health, log_likelihood)
 from ppl_vae.models.vae import VAE
 from ppl_vae.objectives import Objective
-from ppl_vae.training.callbacks import (Checkpointing, EpochEvaluation, InterruptHandler, NonFiniteGuard, OutOfMemory,
-                                        ProgressBar)
+from ppl_vae.training.callbacks import (Callback, Checkpointing, EpochEvaluation, InterruptHandler, NonFiniteGuard,
+                                        OutOfMemory, ProgressBar)
 from ppl_vae.training.checkpoint import load_checkpoint, restore, save_checkpoint, snapshot
+from ppl_vae.training.distributed import AgreedInterrupt, Processes, RankNoise, process_group
 from ppl_vae.training.loop import train
 from ppl_vae.training.state import TrainingState
 
@@ -78,14 +79,23 @@ class Run:
     out_dir: Path | None = None
 
 
-def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False) -> Run:
+def fit(
+    config: Config, out_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+    figures: bool = True,
+) -> Run:
     """Train a VAE as ``config`` says, writing the run directory ``out_dir`` if one is given.
 
     With ``resume=True`` the run continues from ``out_dir/checkpoint.pt``: ``config`` must keep the
     checkpoint's model, data, seed, objective and optimizer (:data:`RESUME_FIXED`); ``train.epochs``
     may be raised to train longer and ``optim.lr`` changed. A fresh run refuses an ``out_dir`` that
-    already holds a run unless ``overwrite=True``, which replaces it. Returns the :class:`Run`.
+    already holds a run unless ``overwrite=True``, which replaces it. ``figures=False`` leaves out
+    the run's figures (experiments draw their own). Returns the :class:`Run`.
     Ctrl-C saves a checkpoint and raises :class:`~ppl_vae.errors.TrainingInterrupted` (a KeyboardInterrupt).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1), or in a process group already joined, this is one
+    process of a data-parallel run (:mod:`ppl_vae.training.distributed`): ``data.batch_size`` is the
+    global batch, split over the processes; only rank 0 writes ``out_dir`` and computes the final
+    metrics (the other processes return their :class:`Run` with empty ``metrics`` after training).
     """
     out_dir = Path(out_dir) if out_dir is not None else None
     if resume and out_dir is None:
@@ -96,19 +106,26 @@ def fit(config: Config, out_dir: str | Path | None = None, resume: bool = False,
     check(config)
     if checkpoint is not None:
         check_resume(checkpoint, config, out_dir / CHECKPOINT)
-    setup = build(config)
-    state = TrainingState(generator=torch.Generator().manual_seed(config.seed))
-    if checkpoint is not None:
-        restore(checkpoint, out_dir / CHECKPOINT, state, setup.vae, setup.optimizer, setup.objective)
-    if out_dir is not None:
-        _prepare_run_directory(out_dir, replace=overwrite and not resume)
-        save_config(config, out_dir / "config.yaml")
-    vae, objective, dataset = setup.vae, setup.objective, setup.dataset
-    svi = SVI(vae.model, vae.guide, setup.optimizer, loss=objective, loss_and_grads=objective.loss_and_grads)
-    train(svi, objective, setup.schedule, _batches(setup), config.train.epochs, state, _callbacks(setup, out_dir))
+    with process_group(resolve_device(config.device)) as processes:
+        setup = build(config)
+        num_rows, batch_size = setup.dataset.train.shape[0], config.data.batch_size
+        batches = processes.shard(_batches(setup), num_rows, batch_size)  # refuses a batch smaller than the processes
+        state = processes.training_state(torch.Generator().manual_seed(config.seed), num_rows, batch_size)
+        if checkpoint is not None:
+            restore(checkpoint, out_dir / CHECKPOINT, state, setup.vae, setup.optimizer, setup.objective)
+        processes.synchronize(setup.vae, setup.objective)
+        if out_dir is not None and processes.writes:
+            _prepare_run_directory(out_dir, replace=overwrite and not resume)
+            save_config(config, out_dir / "config.yaml")
+        vae, objective, dataset = setup.vae, setup.objective, setup.dataset
+        svi = SVI(vae.model, vae.guide, setup.optimizer, loss=objective,
+                  loss_and_grads=processes.loss_and_grads(objective.loss_and_grads))
+        train(svi, objective, setup.schedule, batches, config.train.epochs, state, _callbacks(setup, out_dir, processes))
     run = Run(config, vae, dataset, objective, state.history, out_dir=out_dir)
+    if not processes.writes:
+        return run
     run.metrics = final_metrics(run, state)
-    if out_dir is not None:
+    if out_dir is not None and figures:
         run_figures(run)
     run.metrics["seconds"] = state.elapsed()
     if out_dir is not None:
@@ -193,8 +210,10 @@ def _batches(setup: Setup):
     return lambda generator: ((x,) for x in batches(train_x, batch_size, generator, binarize=binarize))
 
 
-def _callbacks(setup: Setup, out_dir: Path | None) -> list:
-    """The callbacks of a run, in the order they act at an epoch's end: evaluate, checkpoint, stop on Ctrl-C."""
+def _callbacks(setup: Setup, out_dir: Path | None, processes: Processes) -> list[Callback]:
+    """The callbacks of a run, in the order they act at an epoch's end: evaluate, checkpoint, (in
+    data-parallel training) reseed each process's noise, stop on Ctrl-C. Processes other than rank 0
+    show no progress bar, evaluate nothing and write nothing."""
     config, vae, objective = setup.config, setup.vae, setup.objective
     test_x = evaluation_split(setup.dataset, "test")
     steps_per_epoch = math.ceil(setup.dataset.train.shape[0] / config.data.batch_size)
@@ -204,17 +223,23 @@ def _callbacks(setup: Setup, out_dir: Path | None) -> list:
             return save_run_state(out_dir, setup, state)
     sizes = {"objective.num_particles": config.objective.options.get("num_particles", 1),
              "data.batch_size": config.data.batch_size, "model.latent_dim": config.model.latent_dim}
-    callbacks = [
+    callbacks: list[Callback] = [
         OutOfMemory(sizes, setup.device),
         NonFiniteGuard(vae),
         ProgressBar(config.train.epochs * steps_per_epoch, objective.bound, objective.status,
-                    config.train.progress, steps_per_epoch),
-        EpochEvaluation(lambda: evaluate_elbo(vae.model, vae.guide, test_x, batch_size=config.train.eval_batch_size),
-                        config.train.eval_every, config.train.epochs),
+                    config.train.progress and processes.writes, steps_per_epoch),
     ]
-    if save is not None:
+    if processes.writes:
+        callbacks.append(EpochEvaluation(
+            lambda: evaluate_elbo(vae.model, vae.guide, test_x, batch_size=config.train.eval_batch_size),
+            config.train.eval_every, config.train.epochs))
+    if save is not None and processes.writes:
         callbacks.append(Checkpointing(save, config.train.checkpoint_every, config.train.epochs))
-    callbacks.append(InterruptHandler(save, f"Continue with: ppl-vae train --resume {out_dir}"))
+    resume_hint = f"Continue with: ppl-vae train --resume {out_dir}"
+    if processes.parallel:
+        callbacks += [RankNoise(config.seed, processes.rank), AgreedInterrupt(processes, save, resume_hint)]
+    else:
+        callbacks.append(InterruptHandler(save, resume_hint))
     return callbacks
 
 

@@ -27,6 +27,7 @@ from ppl_vae.errors import CheckpointError, TrainingError, TrainingInterrupted
 from ppl_vae.parts.nets import NETS, mlp
 from ppl_vae.build import build_optimizer as make_optimizer
 from ppl_vae.runs import fit
+from ppl_vae.training import loop
 
 QUICK = {"device": "cpu", "train": {"epochs": 3, "eval_every": 1, "checkpoint_every": 1, "progress": False},
          "optim": {"lr": 0.003}}  # exact resume is promised on CPU
@@ -143,13 +144,13 @@ def test_checkpoint_of_another_model_is_refused(finished_run, capsys):
 
 
 def interrupt_at(call: int):
-    """SVI.step that sends this process SIGINT (Ctrl-C) as its ``call``-th step begins."""
-    step, calls = SVI.step, itertools.count(1)
+    """The training loop's SVI step, sending this process SIGINT (Ctrl-C) as its ``call``-th step begins."""
+    step, calls = loop.svi_step, itertools.count(1)
 
-    def interrupted_step(self, *args, **kwargs):
+    def interrupted_step(svi, *args, **kwargs):
         if next(calls) == call:
             signal.raise_signal(signal.SIGINT)
-        return step(self, *args, **kwargs)
+        return step(svi, *args, **kwargs)
 
     return interrupted_step
 
@@ -162,7 +163,7 @@ def test_ctrl_c_saves_mid_epoch_and_resumes_exactly(dataset, monkeypatch, tmp_pa
                         "train": {**QUICK["train"], "checkpoint_every": 3}})
     straight = fit(config)
     with monkeypatch.context() as patch:
-        patch.setattr(SVI, "step", interrupt_at(20))
+        patch.setattr(loop, "svi_step", interrupt_at(20))
         with pytest.raises(TrainingInterrupted) as stop:
             fit(config, tmp_path)
     assert stop.value.checkpoint == str(tmp_path / "checkpoint.pt")

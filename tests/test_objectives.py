@@ -4,7 +4,7 @@ import pyro
 import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
-from torch.distributions import Normal, kl_divergence
+from torch.distributions import kl_divergence
 
 from ppl_vae.config import ModelConfig, part
 from ppl_vae.build import build_schedule, build_vae

@@ -15,7 +15,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pyro.infer import SVI
 
 import ppl_vae
 from ppl_vae import runs
@@ -25,6 +24,7 @@ from ppl_vae.data import DATASETS, load_digits
 from ppl_vae.errors import ConfigError, TrainingError
 from ppl_vae.objectives.geco import GECO, RELATIVE_RATE
 from ppl_vae.runs import evaluate_run, fit
+from ppl_vae.training import loop
 from ppl_vae.training.checkpoint import load_checkpoint
 
 TINY = {"device": "cpu", "train": {"epochs": 1, "checkpoint_every": 1, "progress": False}}
@@ -243,10 +243,10 @@ def test_geco_default_rate_is_calibrated_on_the_first_step():
     (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), RuntimeError),  # not an allocation failure: as it was
 ])
 def test_a_step_out_of_memory_names_the_settings_that_size_it(error, becomes, monkeypatch):
-    def step(self, *args, **kwargs):
+    def step(svi, *args, **kwargs):
         raise error
 
-    monkeypatch.setattr(SVI, "step", step)
+    monkeypatch.setattr(loop, "svi_step", step)
     with pytest.raises(becomes) as raised:
         fit(from_dict(tiny(objective={"name": "elbo", "num_particles": 7})))
     if becomes is TrainingError:

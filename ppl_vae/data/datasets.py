@@ -22,8 +22,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import scipy.io
-import sklearn.datasets
 import torch
 
 from ppl_vae.data.batching import sample_binary
@@ -172,6 +170,8 @@ def load_digits(data_dir: Path, download: bool = True) -> Dataset:
     Split: the 1797 images are shuffled by ``torch.randperm`` with seed 0; the first 1500 are the
     training set and the last 297 the test set. Pixels 0..16 are divided by 16. Labelled 0..9.
     """
+    import sklearn.datasets  # imported here: scikit-learn takes seconds to import
+
     digits = sklearn.datasets.load_digits()
     images = torch.from_numpy(digits.data / 16).float()
     labels = torch.from_numpy(digits.target).long()
@@ -241,6 +241,8 @@ def load_frey(data_dir: Path, download: bool = True) -> Dataset:
     frames are near-duplicates, so a random split would leak test faces into training. Unlabelled.
     """
     (path,) = fetch([FREY_FACE], data_dir, download)
+    import scipy.io  # imported here: SciPy takes a second to import
+
     faces = scipy.io.loadmat(path)["ff"].T.reshape(-1, *FREY_SHAPE)
     pixels = _unit_rows(faces, scale=255)
     return Dataset(

@@ -59,6 +59,11 @@ class Objective:
             loss.backward()
         return loss
 
+    def compile(self) -> bool:
+        """Use a compiled loss from the next call on, where this objective has one (config
+        ``train.compile``); returns whether it has. The default has none and stays eager."""
+        return False
+
     def terms(self) -> dict[str, torch.Tensor]:
         """The last batch's terms (nats, log-probability sign for bounds), each summed over the batch's
         datapoints, detached, on the batch's device."""

@@ -95,6 +95,10 @@ class GECO(Objective):
     KL + λ·(C + stopgrad(C_ma - C)) and then moves λ for the next step. Calls under
     ``torch.no_grad()`` (``SVI.evaluate_loss``) leave the state alone. The state (``lam``,
     ``c_ma``, ``step``) and the per-step log ``history`` are saved by :meth:`state_dict`.
+    ``all_reduce`` sums a tensor over the processes of a data-parallel run
+    (:mod:`ppl_vae.training.distributed` sets it; it returns its argument in one process): C_ma,
+    ν and the logged C and KL are those of the global batch, so λ is the same in every process.
+    Every call uses it, so there every process must make the same calls.
     Terms: the wrapped ELBO's ``elbo``, ``reconstruction`` and ``kl``, and ``constraint`` (C).
     """
 
@@ -151,6 +155,7 @@ class GECO(Objective):
         self.c_ma: float | None = None
         self.step = 0
         self.history: dict[str, list[float]] = {name: [] for name in ("lambda", "c_ma", "constraint", "kl")}
+        self.all_reduce: Callable[[torch.Tensor], torch.Tensor] = _unchanged
 
     def __call__(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The differentiable loss KL + λ·C of one batch, summed over the batch (a Pyro loss)."""
@@ -163,7 +168,7 @@ class GECO(Objective):
         per_datapoint = sum(constraints)
         batch_size = per_datapoint.shape[-1]
         c_batch = per_datapoint.mean()  # over the batch (and vectorized particles)
-        c_batch_value = c_batch.item()
+        c_batch_value, kl_value = self._global_means(per_datapoint.detach(), kl.detach(), batch_size)
         c_ma = c_batch_value if self.c_ma is None else self.alpha * self.c_ma + (1 - self.alpha) * c_batch_value
         # straight-through: the value is C_ma, the gradient that of the current batch
         constraint = c_batch + (c_ma - c_batch).detach()
@@ -173,8 +178,17 @@ class GECO(Objective):
         if torch.is_grad_enabled():
             if self.rate is None:
                 self.rate = RELATIVE_RATE / max(abs(c_batch_value), 1e-12)
-            self._advance(c_ma, c_batch_value, kl.item() / batch_size)
+            self._advance(c_ma, c_batch_value, kl_value)
         return loss
+
+    def _global_means(self, per_datapoint: torch.Tensor, kl: torch.Tensor, batch_size: int) -> tuple[float, float]:
+        """The mean constraint and KL per datapoint of the whole batch: of this process's batch, or in
+        data-parallel training of the union of the processes' shards (through :attr:`all_reduce`)."""
+        sums = self.all_reduce(torch.stack([per_datapoint.sum(), kl.to(per_datapoint.dtype),
+                                            per_datapoint.new_tensor(per_datapoint.numel()),
+                                            per_datapoint.new_tensor(batch_size)]))
+        c_sum, kl_sum, count, datapoints = sums.tolist()
+        return c_sum / count, kl_sum / datapoints
 
     def _advance(self, c_ma: float, c_batch: float, kl: float) -> None:
         for name, value in zip(self.history, (self.lam, c_ma, c_batch, kl)):
@@ -234,6 +248,10 @@ class GECO(Objective):
                          "the constraint's units): the reconstruction is worse than objective.tolerance asks; train "
                          "longer or raise objective.tolerance.")
         return found
+
+
+def _unchanged(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
 
 
 def _is_number(value: Any) -> bool:

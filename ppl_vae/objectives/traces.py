@@ -82,11 +82,18 @@ def per_datapoint(value: torch.Tensor, site: dict[str, Any]) -> torch.Tensor:
     return value.reshape(-1, value.shape[-1]).expand(-1, data[0].size)
 
 
+def unscaled_log_prob(site: dict[str, Any]) -> torch.Tensor:
+    """log p(value) of a sample site, unscaled and unmasked: the value Pyro's ``compute_log_prob``
+    (or ``compute_score_parts``) already stored in the site when an ELBO computed it, else computed here."""
+    cached = site.get("unscaled_log_prob")
+    return cached if cached is not None else site["fn"].log_prob(site["value"])
+
+
 def log_prob_per_datapoint(trace: Trace, observed: bool | None = None) -> torch.Tensor:
     """Σ of the unscaled log-probabilities of the trace's sample sites (all, observed or latent),
     as (particles, datapoints)."""
     sites = sample_sites(trace, observed)
-    return sum(per_datapoint(site["fn"].log_prob(site["value"]), site) for site in sites.values())
+    return sum(per_datapoint(unscaled_log_prob(site), site) for site in sites.values())
 
 
 def elbo_terms(model_trace: Trace, guide_trace: Trace, analytic_kl: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +107,7 @@ def elbo_terms(model_trace: Trace, guide_trace: Trace, analytic_kl: bool = True)
     reconstruction = log_prob_per_datapoint(model_trace, observed=True).mean(0)
     kl = torch.zeros_like(reconstruction)
     for name, guide_site in sample_sites(guide_trace, observed=False).items():
-        posterior, prior, z = guide_site["fn"], model_trace.nodes[name]["fn"], guide_site["value"]
+        posterior, prior = guide_site["fn"], model_trace.nodes[name]["fn"]
         site_kl = None
         if analytic_kl:
             try:
@@ -108,7 +115,7 @@ def elbo_terms(model_trace: Trace, guide_trace: Trace, analytic_kl: bool = True)
             except NotImplementedError:
                 pass
         if site_kl is None:
-            site_kl = posterior.log_prob(z) - prior.log_prob(z)
+            site_kl = unscaled_log_prob(guide_site) - unscaled_log_prob(model_trace.nodes[name])
         kl = kl + per_datapoint(site_kl, guide_site).mean(0)
     return reconstruction, kl
 

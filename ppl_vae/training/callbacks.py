@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ppl_vae.training.state import TrainingState
 
 PROGRESS_EVERY = 20  # steps between progress-bar postfix updates (each reads the terms off the device)
+CHECK_EVERY_ON_ACCELERATOR = 50  # steps between NonFiniteGuard's reads of the losses off a GPU
 OUT_OF_MEMORY = ("can't allocate memory", "out of memory")  # torch's CPU and CUDA allocators' RuntimeErrors
 
 
@@ -41,8 +42,9 @@ class Callback:
     def on_train_start(self, state: TrainingState) -> None:
         """Before the first step of this session."""
 
-    def on_step(self, state: TrainingState, loss: float) -> None:
-        """After every SVI step."""
+    def on_step(self, state: TrainingState, loss: torch.Tensor) -> None:
+        """After every SVI step; ``loss`` is the step's loss, a detached 0-dim tensor on the device
+        (reading it, e.g. ``float(loss)``, waits for the device)."""
 
     def on_step_error(self, state: TrainingState, error: RuntimeError) -> None:
         """When a step raised ``error`` (re-raised after every callback was told)."""
@@ -73,7 +75,7 @@ class ProgressBar(Callback):
         self.bar = tqdm(total=self.total_steps, initial=state.step, disable=not self.enabled, unit="step",
                         dynamic_ncols=True, desc="train (epoch running means)")
 
-    def on_step(self, state: TrainingState, loss: float) -> None:
+    def on_step(self, state: TrainingState, loss: torch.Tensor) -> None:
         self.bar.update()
         if self.enabled and (state.step % PROGRESS_EVERY == 0 or state.epoch_step == self.steps_per_epoch):
             means = state.epoch_means()
@@ -91,30 +93,55 @@ class NonFiniteGuard(Callback):
     """Stop at the step where the loss, or a gradient, stopped being finite.
 
     SVI zeroes the gradients after its update, so a NaN or Inf gradient is caught by its trace: the
-    parameters it made non-finite (Adam and Adagrad turn an Inf gradient into a NaN update)."""
+    parameters it made non-finite (Adam and Adagrad turn an Inf gradient into a NaN update).
 
-    def __init__(self, module: nn.Module) -> None:
+    Each step's loss and sum of the parameters are kept on the device and read every
+    ``check_every`` steps and at every epoch's end, before any evaluation or checkpoint (default:
+    every step on the CPU, where reading costs nothing; every :data:`CHECK_EVERY_ON_ACCELERATOR`
+    steps on a GPU, so that training does not wait for the device after each step). The error names
+    the first step that went wrong either way."""
+
+    def __init__(self, module: nn.Module, check_every: int | None = None) -> None:
         self.module = module
+        self.parameters = list(module.parameters())
+        on_cpu = not self.parameters or self.parameters[0].device.type == "cpu"
+        self.check_every = check_every or (1 if on_cpu else CHECK_EVERY_ON_ACCELERATOR)
+        self.pending: list[tuple[str, torch.Tensor]] = []  # (where, [loss, sum of the parameters])
 
-    def on_step(self, state: TrainingState, loss: float) -> None:
+    def on_step(self, state: TrainingState, loss: torch.Tensor) -> None:
         where = f"at step {state.step} (epoch {state.epoch + 1}, batch {state.epoch_step})"
-        if not math.isfinite(loss):
-            raise TrainingError(
-                f"the loss became {loss} {where}. Likely causes: a learning rate too high (lower optim.lr), "
-                "exploding activations (set optim.clip_norm, e.g. 10) or a likelihood that does not fit the "
-                "data. Training stopped; the last checkpoint is kept intact."
-            )
         with torch.no_grad():  # one sum of sums: a NaN or Inf anywhere makes it non-finite
-            total = torch.stack([parameter.sum() for parameter in self.module.parameters()]).sum().item()
-        broken = [] if math.isfinite(total) else [
-            name for name, parameter in self.module.named_parameters() if not bool(parameter.isfinite().all())
-        ]  # empty if the sum only overflowed
-        if broken:
-            raise TrainingError(
-                f"a gradient became NaN or Inf {where}: the loss was finite ({loss:.6g}) but the update made "
-                f"{', '.join(broken)} non-finite. Likely cause: exploding gradients; set optim.clip_norm "
-                "(e.g. 10) or lower optim.lr. Training stopped; the last checkpoint is kept intact."
-            )
+            total = torch.stack([parameter.sum() for parameter in self.parameters]).sum()
+            self.pending.append((where, torch.stack([loss.to(total.dtype), total])))
+        if len(self.pending) >= self.check_every:
+            self._check()
+
+    def on_epoch_end(self, state: TrainingState) -> None:
+        self._check()
+
+    def _check(self) -> None:
+        """Read the pending steps' numbers (one host sync) and raise at the first non-finite one."""
+        if not self.pending:
+            return
+        values = torch.stack([numbers for _, numbers in self.pending]).tolist()
+        places = [where for where, _ in self.pending]
+        self.pending = []
+        for where, (loss, total) in zip(places, values):
+            if not math.isfinite(loss):
+                raise TrainingError(
+                    f"the loss became {loss} {where}. Likely causes: a learning rate too high (lower optim.lr), "
+                    "exploding activations (set optim.clip_norm, e.g. 10) or a likelihood that does not fit the "
+                    "data. Training stopped; the last checkpoint is kept intact."
+                )
+            broken = [] if math.isfinite(total) else [
+                name for name, parameter in self.module.named_parameters() if not bool(parameter.isfinite().all())
+            ]  # empty if the sum only overflowed
+            if broken:
+                raise TrainingError(
+                    f"a gradient became NaN or Inf {where}: the loss was finite ({loss:.6g}) but the update made "
+                    f"{', '.join(broken)} non-finite. Likely cause: exploding gradients; set optim.clip_norm "
+                    "(e.g. 10) or lower optim.lr. Training stopped; the last checkpoint is kept intact."
+                )
 
 
 class OutOfMemory(Callback):
@@ -180,7 +207,7 @@ class InterruptHandler(Callback):
         print("\nppl-vae: Ctrl-C: saving a checkpoint after this step (press Ctrl-C again to stop at once)",
               file=sys.stderr)
 
-    def on_step(self, state: TrainingState, loss: float) -> None:
+    def on_step(self, state: TrainingState, loss: torch.Tensor) -> None:
         self._stop_if_requested(state)
 
     def on_epoch_end(self, state: TrainingState) -> None:

@@ -7,15 +7,23 @@ epoch's sums, and tells its callbacks (:mod:`ppl_vae.training.callbacks`) after 
 every epoch. A run resumed mid-epoch redraws the epoch's batches from the data generator's state
 at the epoch's start and skips those already done, so it ends where an uninterrupted run would.
 
+The hot loop stays on the device: a step's loss and terms are kept as tensors (the epoch's sums
+are read once per epoch, or when a callback asks), and Pyro's and torch's argument validation runs
+on the first step of a session only, where it catches a model or guide that does not fit the data;
+later steps run the same model and guide with it off (``validate=True`` keeps it on throughout).
+
 Numbers are nats per datapoint, as log-probabilities for bounds (DESIGN's conventions).
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Callable, Iterable, Sequence
 
+import pyro
 import torch
+from pyro import poutine
 from pyro.infer import SVI
 
 from ppl_vae.objectives import Objective, Schedule
@@ -25,13 +33,35 @@ from ppl_vae.training.state import TrainingState
 Batches = Callable[[torch.Generator], Iterable[tuple[torch.Tensor, ...]]]
 
 
+def svi_step(svi: SVI, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """``svi.step(*args, **kwargs)`` without reading the loss off the device: the same gradient step
+    (``svi.loss_and_grads``, then the optimizer on every parameter the model and guide used),
+    returning the loss as a detached 0-dim tensor. The gradients are then set to None, not to zero
+    tensors: the next backward pass writes them instead of adding to zeros (ppl_vae's
+    :class:`~ppl_vae.training.optimizers.SharedOptim` treats None as Pyro's zero)."""
+    with poutine.trace(param_only=True) as param_capture:
+        loss = svi.loss_and_grads(svi.model, svi.guide, *args, **kwargs)
+    params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
+    svi.optim(params)
+    for param in params:
+        param.grad = None
+    return loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(loss)  # Pyro's own ELBOs give floats
+
+
+def _validation(keep: bool) -> AbstractContextManager:
+    """Leave Pyro's and torch's argument validation as the user set it (``keep``), or turn it off."""
+    return nullcontext() if keep else pyro.validation_enabled(False)
+
+
 def train(
     svi: SVI, objective: Objective, schedule: Schedule, batches: Batches, epochs: int, state: TrainingState,
-    callbacks: Sequence[Callback] = (),
+    callbacks: Sequence[Callback] = (), validate: bool = False,
 ) -> TrainingState:
     """Train until ``state.epoch == epochs``: each batch (a tuple of the model's data arguments) is one
     ``svi.step(*batch, kl_weight=β)``, β from ``schedule``; callbacks are told after every step and epoch,
-    and of a step that raised a RuntimeError."""
+    and of a step that raised a RuntimeError. Validation is on for the session's first step only,
+    unless ``validate``."""
+    first_step = state.step
     try:
         for callback in callbacks:
             callback.on_train_start(state)
@@ -40,7 +70,8 @@ def train(
             for batch in itertools.islice(batches(state.generator), state.epoch_step, None):
                 state.beta = schedule(state.step, state.epoch)
                 try:
-                    loss = svi.step(*batch, kl_weight=state.beta)
+                    with _validation(validate or state.step == first_step):
+                        loss = svi_step(svi, *batch, kl_weight=state.beta)
                 except RuntimeError as error:  # e.g. out of memory: a callback may raise a clearer error
                     for callback in callbacks:
                         callback.on_step_error(state, error)

@@ -1,0 +1,147 @@
+"""Measuring two implementations of the same work fairly on a shared machine: interleaved repetitions,
+medians, peak memory, and a description of the machine.
+
+Interleaving (ours, baseline, ours, baseline, ...) makes a change of load on the machine hit both
+sides alike, so their ratio stays meaningful when the absolute times do not.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+SMALL_MMAP_THRESHOLD = 64 * 1024  # while measuring memory: blocks above it are mapped alone, unmapped when freed
+WARM_MMAP_THRESHOLD = 32 * 1024 * 1024  # otherwise: the most glibc's dynamic threshold grows to (64-bit)
+
+
+@dataclass
+class Side:
+    """The repeated measurements of one implementation: seconds per repetition and the units of work
+    (datapoints) each repetition did."""
+
+    seconds: list[float] = field(default_factory=list)
+    work: float = 0.0
+    peak_memory_mb: float | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    def summary(self) -> dict[str, Any]:
+        return {"median_seconds": self.median, "seconds": self.seconds,
+                "throughput_per_second": self.work / self.median, "peak_memory_mb": self.peak_memory_mb}
+
+
+Run = Callable[[], float]
+"""One repetition: does the work and returns the seconds it took (measured by itself, so that set-up
+such as building a model or loading data can be left out)."""
+
+
+def timed(work: Callable[[], Any], device: torch.device) -> float:
+    """Seconds ``work()`` takes, the device's queue drained before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    work()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleave(runs: dict[str, Run], work: float, repeats: int, device: torch.device,
+               warm_up: bool = True) -> dict[str, Any]:
+    """Run each of ``runs`` (one of them named ``baseline``) in turn, ``repeats`` rounds; ``work`` is the
+    datapoints one repetition processes. With ``warm_up``, one unmeasured run each comes first and
+    measures the peak memory; without (runs too long to repeat), no peak memory is measured.
+    Returns each run's summary and, beside each run but the baseline, its ``ratio``: its throughput
+    / the baseline's (medians)."""
+    sides = {name: Side(work=work) for name in runs}
+    if warm_up:
+        for name, run in runs.items():
+            sides[name].peak_memory_mb = peak_memory_mb(run, device)
+    for _ in range(repeats):
+        for name, run in runs.items():
+            sides[name].seconds.append(run())
+    reference = sides["baseline"].median
+    return {name: {**side.summary(), **({} if name == "baseline" else {"ratio": reference / side.median})}
+            for name, side in sides.items()}
+
+
+def peak_memory_mb(run: Run, device: torch.device) -> float | None:
+    """Memory in MB that ``run()`` needs above what was in use before it: the CUDA allocator's peak on
+    a GPU; on Linux CPUs with glibc the peak resident set size (its high-water mark reset first), with
+    freed memory handed back to the system before and during the run (:class:`FreedMemoryReturned`)
+    so that the peak is this run's alone; None elsewhere."""
+    if device.type == "cuda":
+        synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        run()
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    status, clear = "/proc/self/status", "/proc/self/clear_refs"
+    libc = _glibc()
+    if libc is None or not (os.path.exists(status) and os.access(clear, os.W_OK)):
+        return None
+    libc.malloc_trim(0)
+    libc.mallopt(M_MMAP_THRESHOLD, SMALL_MMAP_THRESHOLD)  # every freed block above 64 KiB goes back at once
+    try:
+        before = _status_kb(status, "VmRSS")
+        with open(clear, "w") as file:
+            file.write("5")  # resets VmHWM, the peak resident set size, to the current size
+        run()
+        return max(_status_kb(status, "VmHWM") - before, 0) / 1024  # the run may free what was in use before
+    finally:  # the threshold glibc's own adjustment reaches in a warmed-up process: timings are not slowed
+        libc.mallopt(M_MMAP_THRESHOLD, WARM_MMAP_THRESHOLD)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:  # not glibc
+        return None
+
+
+def _status_kb(path: str, key: str) -> int:
+    with open(path) as file:
+        for line in file:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    """What the numbers were measured on: CPU, cores, threads, GPU, library versions."""
+    import pyro
+
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as file:
+            cpu = next((line.split(":", 1)[1].strip() for line in file if line.startswith("model name")), cpu)
+    return {
+        "hostname": platform.node(), "cpu": cpu, "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def machine_tag(info: dict[str, Any]) -> str:
+    """A file name for the machine's results, e.g. ``cpu-2cores-myhost`` or ``cuda-nvidia-h100``."""
+    if info["gpu"]:
+        name = info["gpu"]
+    else:
+        name = f"cpu-{info['cpu_cores']}cores-{info['hostname']}"
+    return "".join(character if character.isalnum() else "-" for character in name.lower()).strip("-")

@@ -1,0 +1,62 @@
+"""The benchmark runner (``python -m benchmarks``) works and writes its JSON; the baseline it compares
+against computes the same bounds as ppl_vae's objectives (the numbers of the timings are not checked)."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ sits beside the package, not in it
+from benchmarks import baseline  # noqa: E402
+from benchmarks.__main__ import main  # noqa: E402
+from benchmarks.cases import Settings, bench_config, plain_copy  # noqa: E402
+from ppl_vae.build import build  # noqa: E402
+from ppl_vae.evaluation import evaluate_elbo  # noqa: E402
+from ppl_vae.objectives.traces import PlateLayout, log_weights  # noqa: E402
+
+
+def test_quick_run_writes_ratios_and_memory(tmp_path):
+    out = tmp_path / "results.json"
+    assert main(["--quick", "--only", "step", "log_likelihood", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu_cores"] >= 1 and "torch" in report["machine"]
+    step = report["results"]["step elbo batch 128"]
+    assert step["ours"]["ratio"] > 0 and step["baseline"]["throughput_per_second"] > 0
+    assert len(step["ours"]["seconds"]) == 1
+    log_likelihood = report["results"]["log_likelihood K=30"]
+    assert {"ours", "ours_psis", "baseline"} <= set(log_likelihood)
+    means = log_likelihood["mean_log_likelihood"]  # same weights, K = 30: the two estimates agree roughly
+    assert abs(means["ours"] - means["baseline"]) < 0.05 * abs(means["baseline"])
+
+
+@pytest.fixture
+def digits_setup():
+    return build(bench_config(Settings(dataset="digits", device="cpu"), "meanfield", 128))
+
+
+def test_baseline_meanfield_loss_is_minus_the_analytic_elbo(digits_setup):
+    """With the same weights, the baseline's closed-form-KL loss averages to -ppl_vae's evaluated ELBO."""
+    x = digits_setup.dataset.test
+    plain = plain_copy(digits_setup)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        plain_elbo = -sum(baseline.meanfield_loss(plain, x).item() for _ in range(200)) / (200 * len(x))
+    ours = evaluate_elbo(digits_setup.vae.model, digits_setup.vae.guide, x, num_particles=200)["elbo"]
+    assert plain_elbo == pytest.approx(ours, abs=0.05)
+
+
+def test_baseline_log_weights_match_the_traces_of_the_same_vae(digits_setup):
+    """log p(x, z) - log q(z|x) on the same draws: the baseline's and ppl_vae's agree to float precision."""
+    x = digits_setup.dataset.test[:20]
+    plain, vae = plain_copy(digits_setup), digits_setup.vae
+    with torch.no_grad():
+        torch.manual_seed(1)
+        ours = log_weights(vae.model, vae.guide, x, num_particles=7, layout=PlateLayout(particle_dim=-2))
+        torch.manual_seed(1)
+        theirs = baseline.log_weights(plain, x, 7)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-4)
+    bound = -baseline.iwae_loss(plain, x, 7) / len(x)
+    assert math.isfinite(bound.item()) and bound.item() <= 0
