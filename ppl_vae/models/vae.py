@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 
 import pyro
 import pyro.distributions as dist
@@ -18,9 +18,12 @@ def kl_weight_scale(kl_weight: float) -> AbstractContextManager:
     Used on the latent site in both the model and the guide, so that every ELBO estimator gives
     loss = -E_q[log p(x|z)] + β·KL. Pyro's ``scale`` needs β > 0; β = 0 (the plain autoencoder)
     masks the site instead, which drops its log-probabilities but keeps the reparameterized sample.
+    β = 1 (the ELBO itself) needs no handler: a scale of 1 leaves every log-probability as it is.
     """
     if kl_weight < 0:
         raise ValueError(f"the KL weight β must be >= 0, got {kl_weight}.")
+    if kl_weight == 1:
+        return nullcontext()
     return poutine.scale(scale=kl_weight) if kl_weight > 0 else poutine.mask(mask=False)
 
 

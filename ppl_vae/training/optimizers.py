@@ -49,7 +49,9 @@ class SharedOptim(PyroOptim):
             if self.grad_clip[param] is not None:
                 self.grad_clip[param](param)
         stepped = set(params)
-        idle = {param: param.grad for param in self.optim_objs if param not in stepped and param.grad is not None}
+        idle = {}
+        if len(stepped) < len(self.optim_objs):  # some parameter this step did not use
+            idle = {param: param.grad for param in self.optim_objs if param not in stepped and param.grad is not None}
         for param in idle:  # a parameter this step did not use is left alone, as PyroOptim leaves it
             param.grad = None
         self.shared.step(*args, **kwargs)
