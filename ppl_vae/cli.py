@@ -11,8 +11,22 @@ import sys
 import time
 from pathlib import Path
 
-from ppl_vae.config import apply_overrides, from_dict, read_yaml, shipped_configs
+from ppl_vae.config import Config, apply_overrides, from_dict, read_yaml, shipped_configs, value_at
 from ppl_vae.errors import ConfigError, PplVaeError, concise_warnings
+from ppl_vae.registry import check_name, registered_names
+
+PART_REGISTRIES = {
+    "data.name": "DATASETS",
+    "model.encoder": "NETS",
+    "model.decoder": "NETS",
+    "model.prior": "PRIORS",
+    "model.posterior": "POSTERIORS",
+    "model.likelihood": "LIKELIHOODS",
+    "objective.beta": "SCHEDULES",
+    "objective": "OBJECTIVES",
+}
+"""The registry (its variable's name) of each config key that names a part, in the order
+:func:`ppl_vae.build.check` checks them."""
 
 
 def _train(args: argparse.Namespace) -> int | None:
@@ -32,9 +46,9 @@ def _train(args: argparse.Namespace) -> int | None:
                 "values with --set), or start a new run without --resume."
             )
         config, out_dir = None, Path(args.resume)
-    else:  # the schema is checked here, before torch and Pyro are imported: a mistyped key is answered at once
+    else:  # the schema and part names are checked before torch and Pyro are imported: a typo is answered at once
         name = args.config or "default"
-        config = from_dict(apply_overrides(read_yaml(_config_source(name)), overrides))
+        config = check_part_names(from_dict(apply_overrides(read_yaml(_config_source(name)), overrides)))
         out_dir = Path(args.out) if args.out else Path("runs") / f"{Path(name).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.nproc is not None and args.nproc > 1:
         from ppl_vae.training.distributed import launch
@@ -64,6 +78,15 @@ def _train(args: argparse.Namespace) -> int | None:
     return None
 
 
+def check_part_names(config: Config) -> Config:
+    """Check the names of ``config``'s dataset and parts (not their options) as :func:`ppl_vae.build.check`
+    does, without importing torch (see :func:`ppl_vae.registry.check_name`); return config."""
+    for key, variable in PART_REGISTRIES.items():
+        value = value_at(config, key)  # data.name is the name; a part's spec holds it
+        check_name(variable, value if isinstance(value, str) else value.name, key)
+    return config
+
+
 def _check_nproc(nproc: int) -> None:
     """Refuse a process count below 1, and --nproc inside a run that torchrun already started."""
     if nproc < 1:
@@ -90,9 +113,7 @@ def _config_source(name: str) -> str:
     configs = shipped_configs()
     if Path(name).suffix or name in configs:
         return name
-    from ppl_vae.data import DATASETS
-
-    if name in DATASETS.names():
+    if name in registered_names("DATASETS").names:
         trains_on = sorted(config for config, path in configs.items()
                            if read_yaml(path).get("data", {}).get("name") == name)
         suggestion = (f"the shipped config {' or '.join(map(repr, trains_on))} trains on it: "
@@ -166,6 +187,8 @@ def _summary(docstring: str | None) -> str:
 def _reproduce(args: argparse.Namespace) -> int:
     import yaml
 
+    if args.name and not args.list:
+        check_name("EXPERIMENTS", args.name, "experiment")  # a typo answered before torch is imported
     from ppl_vae.experiments import EXPERIMENTS, claim, run_experiment
 
     if args.list or not args.name:

@@ -5,7 +5,8 @@ impossible value raises :class:`~ppl_vae.errors.ConfigError` with the key path (
 the bad value and what is allowed. Parts (networks, prior, posterior, likelihood, objective, β
 schedule) are written either as a bare name (``likelihood: bernoulli``) or as a mapping with options
 (``likelihood: {name: gaussian, sigma: 0.1}``); whether a name and its options exist is checked by
-:func:`ppl_vae.build.check`, which knows the registries, before anything is built.
+:func:`ppl_vae.build.check`, which knows the registries, before anything is built (the command line
+checks the names earlier, before torch is imported: :func:`ppl_vae.registry.check_name`).
 """
 
 from __future__ import annotations
