@@ -66,7 +66,8 @@ def markdown(report: dict[str, Any]) -> str:
         for side in [side for side in result if side not in ("baseline",) and isinstance(result[side], dict)
                      and "ratio" in result[side]]:
             ours = result[side]
-            label = name + {"ours_psis": " (with PSIS)", "ours_compiled": " (train.compile)"}.get(side, "")
+            label = name + {"ours_psis": " (with PSIS)", "ours_compiled": " (train.compile)",
+                            "baseline_fused_adam": " (the baseline itself, with fused Adam)"}.get(side, "")
             peaks = (ours["peak_memory_mb"], base["peak_memory_mb"])
             memory = "n/a" if peaks == (None, None) else "/".join("?" if peak is None else f"{peak:.0f}" for peak in peaks)
             rows.append(f"| {label} | {ours['throughput_per_second']:.0f} | {base['throughput_per_second']:.0f} | "

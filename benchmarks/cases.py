@@ -7,6 +7,10 @@
 - ``epoch``: one full epoch through :func:`ppl_vae.runs.fit` (data pipeline, progress bar, callbacks
   and history included; the epoch's wall time from the history, so building the run and the
   evaluations after the epoch are left out) against the baseline's epoch over the same data;
+- both against the baseline with torch's default Adam (a plain loop as it is usually written), and on
+  a CPU also against the baseline with the fused Adam that ppl_vae's optimizer uses there
+  (``baseline_fused_adam``, its ratio that baseline's / the default's), which tells how much of our
+  ratio that choice makes;
 - ``log_likelihood``: :func:`ppl_vae.evaluation.importance_sample` with and without PSIS against the
   baseline's importance sampler, with the same weights, K samples per datapoint, 100 datapoints by
   100 samples at a time;
@@ -83,13 +87,22 @@ def plain_copy(setup: Setup) -> baseline.PlainVAE:
     return plain
 
 
+def plain_adam(plain: baseline.PlainVAE, lr: float, fused: bool = False) -> torch.optim.Adam:
+    """The baseline's Adam: torch's default implementation, as a plain loop writes it, or (``fused``) the
+    fused one that ppl_vae's optimizer picks on a CPU, to show how much of a ratio that choice makes."""
+    return torch.optim.Adam(plain.parameters(), lr=lr, **({"fused": True} if fused else {}))
+
+
+def baselines(device: torch.device) -> dict[str, bool]:
+    """The baseline sides, by name: torch's default Adam, and on a CPU also the fused Adam ours uses there."""
+    return {"baseline": False, **({"baseline_fused_adam": True} if device.type == "cpu" else {})}
+
+
 def step_case(settings: Settings, objective: str, batch_size: int) -> dict[str, Any]:
     """``settings.steps`` training steps on one batch, ours and the baseline's."""
     setup = build(bench_config(settings, objective, batch_size))
     svi = SVI(setup.vae.model, setup.vae.guide, setup.optimizer, loss=setup.objective,
               loss_and_grads=setup.objective.loss_and_grads)
-    plain = plain_copy(setup)
-    optimizer = torch.optim.Adam(plain.parameters(), lr=setup.config.optim.lr)
     loss = baseline.LOSSES[objective]
     x = evaluation_split(setup.dataset, "train")[:batch_size]
 
@@ -99,16 +112,19 @@ def step_case(settings: Settings, objective: str, batch_size: int) -> dict[str, 
                 return timed(lambda: [svi_step(svi, x, kl_weight=1.0) for _ in range(settings.steps)], setup.device)
         return run
 
-    def plain_steps() -> float:
-        return timed(lambda: [baseline.train_step(plain, optimizer, loss, x) for _ in range(settings.steps)],
-                     setup.device)
+    def plain_steps(fused: bool) -> Callable[[], float]:
+        plain = plain_copy(setup)
+        optimizer = plain_adam(plain, setup.config.optim.lr, fused)
+        return lambda: timed(lambda: [baseline.train_step(plain, optimizer, loss, x) for _ in range(settings.steps)],
+                             setup.device)
 
     runs = {"ours": steps(svi)}
     compiled = OBJECTIVES.get(objective)(**setup.config.objective.options)
     if compiled.compile():  # train.compile: true, where the objective has a compiled loss
         runs["ours_compiled"] = steps(SVI(setup.vae.model, setup.vae.guide, build_optimizer(setup.config.optim),
                                           loss=compiled, loss_and_grads=compiled.loss_and_grads))
-    return interleave({**runs, "baseline": plain_steps}, batch_size * settings.steps, settings.repeats, setup.device)
+    runs.update({name: plain_steps(fused) for name, fused in baselines(setup.device).items()})
+    return interleave(runs, batch_size * settings.steps, settings.repeats, setup.device)
 
 
 def epoch_case(settings: Settings, objective: str, batch_size: int) -> dict[str, Any]:
@@ -125,15 +141,18 @@ def epoch_case(settings: Settings, objective: str, batch_size: int) -> dict[str,
             run = fit(config, figures=False)
         return run.history[0]["epoch_seconds"]
 
-    def plain_epoch() -> float:
-        plain = plain_copy(setup)
-        plain.load_state_dict(weights)
-        optimizer = torch.optim.Adam(plain.parameters(), lr=config.optim.lr)
-        generator = torch.Generator().manual_seed(config.seed)
-        return timed(lambda: baseline.train_epoch(plain, optimizer, baseline.LOSSES[objective], train_x, batch_size,
-                                                  generator), device)
+    def plain_epoch(fused: bool) -> Callable[[], float]:
+        def run() -> float:
+            plain = plain_copy(setup)
+            plain.load_state_dict(weights)
+            optimizer = plain_adam(plain, config.optim.lr, fused)
+            generator = torch.Generator(device).manual_seed(config.seed)  # its draws stay on the device, as ours do
+            return timed(lambda: baseline.train_epoch(plain, optimizer, baseline.LOSSES[objective], train_x,
+                                                      batch_size, generator), device)
+        return run
 
-    return interleave({"ours": ours, "baseline": plain_epoch}, train_x.shape[0], settings.epoch_repeats, device,
+    runs = {"ours": ours, **{name: plain_epoch(fused) for name, fused in baselines(device).items()}}
+    return interleave(runs, train_x.shape[0], settings.epoch_repeats, device,
                       warm_up=False)  # an epoch is long: the first one's one-off costs hardly count
 
 

@@ -407,12 +407,19 @@ def test_batches_rejects_a_batch_size_below_one():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_batches_on_cuda_match_cpu():
-    x = torch.rand(100, 5)
-    on_cpu = batches(x, 32, torch.Generator().manual_seed(3), binarize=True)
-    on_cuda = batches(x.cuda(), 32, torch.Generator().manual_seed(3), binarize=True)
-    for cpu_batch, cuda_batch in zip(on_cpu, on_cuda, strict=True):
-        assert cuda_batch.is_cuda and torch.equal(cuda_batch.cpu(), cpu_batch)
+def test_batches_on_cuda_are_drawn_there_without_waiting_for_the_host():
+    x = torch.rand(100, 5, device="cuda")
+    generator = torch.Generator().manual_seed(3)
+    epoch = batches(x, 32, generator, binarize=True)
+    first = next(epoch)  # the epoch's order is drawn on the host and copied once
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        rest = list(epoch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(batch.is_cuda and is_binary(batch) for batch in [first, *rest])
+    again = batches(x, 32, torch.Generator().manual_seed(3), binarize=True)
+    assert all(torch.equal(batch, other) for batch, other in zip([first, *rest], again, strict=True))
 
 
 # -- regressions of the fuzzer's findings: each ends in our error naming the file or key ----------

@@ -2,7 +2,8 @@
 
 ``elbo`` is ``Trace_ELBO``: the KL is estimated from the sample, log q(z|x) - log p(z).
 ``meanfield`` is ``TraceMeanField_ELBO``: the KL is closed-form where torch knows it (diagonal
-Gaussian posterior and prior), the Monte Carlo estimate elsewhere.
+Gaussian posterior and prior), the Monte Carlo estimate elsewhere. Both run as the on-device
+versions of :mod:`ppl_vae.objectives.estimators` (the same loss and gradients, no host reads).
 
 Both estimate E_q[log p(x|z)] - β·KL(q(z|x) || p(z)): β comes from the model and guide, which scale
 the latent site by it in both (``ppl_vae.models.vae.kl_weight_scale``), so that the loss changes by
@@ -15,13 +16,13 @@ import warnings
 from typing import Any, Callable
 
 import torch
-from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO
 from pyro.ops.jit import CompiledFunction
 from pyro.ops.jit import trace as jit_trace
-from pyro.poutine import Trace
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.objectives.base import OBJECTIVES, Objective
+from ppl_vae.objectives.estimators import DeviceTraceELBO, DeviceTraceMeanFieldELBO
 from ppl_vae.objectives.traces import elbo_terms
 
 
@@ -56,27 +57,6 @@ def elbo_term_sums(model_trace: Any, guide_trace: Any, analytic_kl: bool) -> dic
     return {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
 
 
-class LastTraces:
-    """Mixin for a Pyro ELBO: keeps the model and guide traces of its last call (``last_traces``).
-
-    Pyro stores each site's log-probability in these traces while computing the loss, so the
-    objective's terms are read off them without running the model, the guide or any log_prob again."""
-
-    last_traces: tuple[Trace, Trace] | None = None
-
-    def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> tuple[Trace, Trace]:
-        self.last_traces = super()._get_trace(model, guide, args, kwargs)
-        return self.last_traces
-
-
-class TracedTraceELBO(LastTraces, Trace_ELBO):
-    """``Trace_ELBO`` that keeps its last traces."""
-
-
-class TracedTraceMeanFieldELBO(LastTraces, TraceMeanField_ELBO):
-    """``TraceMeanField_ELBO`` that keeps its last traces."""
-
-
 @OBJECTIVES.register("elbo")
 class TraceELBO(Objective):
     """The ELBO with Pyro's ``Trace_ELBO``: ``num_particles`` samples per datapoint, vectorized.
@@ -85,9 +65,8 @@ class TraceELBO(Objective):
     the loss estimates it), per datapoint, averaged over particles.
     """
 
-    estimator: type[ELBO] = TracedTraceELBO
+    estimator: type[ELBO] = DeviceTraceELBO
     analytic_kl = False
-    compilable = True
 
     def __init__(self, *, num_particles: int = 1) -> None:
         super().__init__()
@@ -102,8 +81,6 @@ class TraceELBO(Objective):
         estimator, without Python between the operations. One graph is traced per model and guide,
         batch shape and keyword arguments (β); past :data:`MAX_COMPILED_GRAPHS` of them, or if tracing
         fails, the objective warns once and runs eagerly from then on."""
-        if not self.compilable:
-            return False
         self.compiled = {}
         return True
 
@@ -145,11 +122,7 @@ class TraceELBO(Objective):
 
 @OBJECTIVES.register("meanfield")
 class MeanFieldELBO(TraceELBO):
-    """The ELBO with Pyro's ``TraceMeanField_ELBO``: the KL in closed form where torch knows it.
+    """The ELBO with Pyro's ``TraceMeanField_ELBO``: the KL in closed form where torch knows it."""
 
-    It has no compiled loss: traced by ``torch.jit.trace``, its loss no longer equals the eager one
-    on the same draws (the closed-form KL term comes out different), so ``compile`` declines."""
-
-    estimator = TracedTraceMeanFieldELBO
+    estimator = DeviceTraceMeanFieldELBO
     analytic_kl = True
-    compilable = False
