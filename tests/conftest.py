@@ -6,6 +6,7 @@ Tests that need the files skip when they are absent, except in CI (``CI=true``),
 data folder is an error.
 """
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -55,3 +56,26 @@ def refuse_reading(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def unreadable():
     """:func:`refuse_reading`, for tests: ``unreadable(path, monkeypatch)``."""
     return refuse_reading
+
+
+@pytest.fixture
+def host_reads(monkeypatch):
+    """``with host_reads() as reads:`` lists every way a tensor's value reached Python inside the block
+    (``item``, ``tolist``, ``bool``, ``float``, ``int``, ``numpy``): on a GPU each one makes the host
+    wait for the device."""
+
+    @contextlib.contextmanager
+    def counting():
+        reads = []
+        with monkeypatch.context() as patch:
+            for method in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy"):
+                original = getattr(torch.Tensor, method)
+
+                def reading(self, *args, _original=original, _method=method, **kwargs):
+                    reads.append(_method)
+                    return _original(self, *args, **kwargs)
+
+                patch.setattr(torch.Tensor, method, reading)
+            yield reads
+
+    return counting

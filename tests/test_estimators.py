@@ -1,8 +1,6 @@
 """The on-device estimators against Pyro's own: the same loss value and the same gradients on the
 same draws, without reading a number off the device."""
 
-import contextlib
-
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -81,29 +79,13 @@ def test_auxiliary_guide_site_as_pyro():
     assert_same(TraceMeanField_ELBO(), DeviceTraceMeanFieldELBO(), model, guide, [scale])
 
 
-@contextlib.contextmanager
-def count_host_reads(monkeypatch):
-    """Count the ways a tensor's value reaches Python (``item``, ``tolist``, ``bool``, ``float``,
-    ``int``, ``numpy``): on a GPU each one makes the host wait for the device."""
-    reads = []
-    for method in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy"):
-        original = getattr(torch.Tensor, method)
-
-        def reading(self, *args, _original=original, _method=method, **kwargs):
-            reads.append(_method)
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, method, reading)
-    yield reads
-
-
 @pytest.mark.parametrize("our_class", [DeviceTraceELBO, DeviceTraceMeanFieldELBO])
-def test_no_value_is_read_off_the_device(vae_and_data, monkeypatch, our_class):
+def test_no_value_is_read_off_the_device(vae_and_data, host_reads, our_class):
     vae, x = vae_and_data
     elbo = our_class()
-    with pyro.validation_enabled(False), count_host_reads(monkeypatch) as reads:
+    with pyro.validation_enabled(False), host_reads() as reads:
         elbo.differentiable_loss(vae.model, vae.guide, x).backward()
     assert reads == []
-    with pyro.validation_enabled(False), count_host_reads(monkeypatch) as reads:  # what ours avoids
+    with pyro.validation_enabled(False), host_reads() as reads:  # what ours avoids
         Trace_ELBO().differentiable_loss(vae.model, vae.guide, x).backward()
     assert "item" in reads

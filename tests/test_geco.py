@@ -12,7 +12,7 @@ from torch.distributions import Normal
 from ppl_vae.config import ModelConfig, from_dict, part
 from ppl_vae.errors import ConfigError
 from ppl_vae.evaluation import marginal_kl
-from ppl_vae.objectives.geco import GECO
+from ppl_vae.objectives.geco import GECO, RELATIVE_RATE
 from ppl_vae.build import build_vae, check
 from ppl_vae.runs import fit
 
@@ -122,6 +122,39 @@ def test_a_huge_violation_clamps_lambda_at_its_maximum_without_overflow(vae_and_
     clamp, unmet = geco.warnings()
     assert "clamp lambda_max=1000" in clamp and "raise objective.tolerance" in clamp
     assert "the constraint is still unmet" in unmet
+
+
+@pytest.mark.parametrize("wraps", ["elbo", "meanfield"])
+def test_a_training_step_reads_nothing_off_the_device(vae_and_data, host_reads, wraps):
+    vae, x = vae_and_data
+    geco = GECO(wraps=wraps, tolerance=0.2, alpha=0.9, warmup=2)  # ν calibrated on the first step
+    geco.loss_and_grads(vae.model, vae.guide, x)
+    with pyro.validation_enabled(False), host_reads() as reads:
+        for _ in range(3):  # the warm-up's last step, then two λ updates
+            geco.loss_and_grads(vae.model, vae.guide, x)
+    assert reads == []
+    lambdas, c_ma = geco.history["lambda"], geco.history["c_ma"]  # the four steps, read in one go
+    assert lambdas[:3] == [1.0, 1.0, 1.0]
+    assert geco.lam == pytest.approx(math.exp(geco.rate * sum(c_ma[2:])))  # λ <- λ·exp(ν·C_ma), twice
+    assert geco.rate == pytest.approx(RELATIVE_RATE / abs(geco.history["constraint"][0]))
+
+
+def test_the_state_is_plain_numbers_and_a_loaded_state_steps_on_identically(vae_and_data):
+    vae, x = vae_and_data
+    geco = GECO(wraps="meanfield", tolerance=0.2, alpha=0.9)
+    for _ in range(3):
+        geco(vae.model, vae.guide, x)
+    state = geco.state_dict()
+    assert [type(state[name]) for name in ("lambda", "c_ma", "rate", "step")] == [float, float, float, int]
+    assert all(type(value) is float for values in state["history"].values() for value in values)
+    assert geco.status() == {"geco_lambda": state["lambda"], "geco_c_ma": state["c_ma"]}
+    loaded = GECO(wraps="meanfield", tolerance=0.2, alpha=0.9)
+    loaded.load_state_dict(json.loads(json.dumps(state)))  # as objective.json saves it
+    assert loaded.state_dict() == state
+    for objective in (geco, loaded):
+        pyro.set_rng_seed(5)
+        objective(vae.model, vae.guide, x)
+    assert loaded.state_dict() == geco.state_dict() and loaded.step == 4
 
 
 def test_constraint_is_met_and_lambda_settles():

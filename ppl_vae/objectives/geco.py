@@ -11,6 +11,11 @@ moving average of the batch constraint. λ grows while the constraint is violate
 it holds, so the KL is pressed down exactly as far as the constraint allows. Minimizing L/λ is a
 β-VAE with β = 1/λ and the constraint in place of the reconstruction term.
 
+The state (λ, C_ma and ν) is kept as 0-dim float64 tensors on the loss's device and updated there, so
+a training step reads nothing back to the host (on a GPU each read would wait for the device). The
+per-step log ``history`` waits on the device too, and reaches the host in one read when it is
+asked for: by :meth:`GECO.status` once per epoch, by a checkpoint, by :meth:`GECO.warnings`.
+
 The scale of ν: a constraint summed over a datapoint's D dimensions is large (on MNIST, D = 784, the
 first batches' squared error is about 190 for κ = 0.1, so a fixed ν = 1e-3 multiplies λ by
 exp(0.19) = 1.2 per step and reaches λ = 1e6 within the first epoch, while the lagging C_ma is still
@@ -94,7 +99,8 @@ class GECO(Objective):
     Every call with gradients enabled is one step of Algorithm 1: it updates C_ma, builds the loss
     KL + λ·(C + stopgrad(C_ma - C)) and then moves λ for the next step. Calls under
     ``torch.no_grad()`` (``SVI.evaluate_loss``) leave the state alone. The state (``lam``,
-    ``c_ma``, ``step``) and the per-step log ``history`` are saved by :meth:`state_dict`.
+    ``c_ma``, ``rate``, ``step``) and the per-step log ``history`` are saved by :meth:`state_dict`;
+    ``lam``, ``c_ma`` and ``rate`` read as floats, the tensors staying on the device between steps.
     ``all_reduce`` sums a tensor over the processes of a data-parallel run
     (:mod:`ppl_vae.training.distributed` sets it; it returns its argument in one process): C_ma,
     ν and the logged C and KL are those of the global batch, so λ is the same in every process.
@@ -149,12 +155,14 @@ class GECO(Objective):
         self.wrapped = OBJECTIVES.get(wraps)(num_particles=num_particles)
         self.constraint = constraint
         self.tolerance = tolerance
-        self.alpha, self.rate, self.warmup = alpha, rate, warmup
+        self.alpha, self.warmup = alpha, warmup
         self.lambda_min, self.lambda_max = lambda_min, lambda_max
-        self.lam = lambda_init
-        self.c_ma: float | None = None
+        self._lam = _state(lambda_init)
+        self._c_ma: torch.Tensor | None = None
+        self._rate = None if rate is None else _state(rate)
         self.step = 0
-        self.history: dict[str, list[float]] = {name: [] for name in ("lambda", "c_ma", "constraint", "kl")}
+        self._history: dict[str, list[float]] = {name: [] for name in ("lambda", "c_ma", "constraint", "kl")}
+        self._pending: list[torch.Tensor] = []  # one [λ, C_ma, C, KL] per step not yet read off the device
         self.all_reduce: Callable[[torch.Tensor], torch.Tensor] = _unchanged
 
     def __call__(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -169,36 +177,75 @@ class GECO(Objective):
         batch_size = per_datapoint.shape[-1]
         c_batch = per_datapoint.mean()  # over the batch (and vectorized particles)
         c_batch_value, kl_value = self._global_means(per_datapoint.detach(), kl.detach(), batch_size)
-        c_ma = c_batch_value if self.c_ma is None else self.alpha * self.c_ma + (1 - self.alpha) * c_batch_value
+        self._move_state(c_batch_value.device)
+        c_ma = c_batch_value if self._c_ma is None else self.alpha * self._c_ma + (1 - self.alpha) * c_batch_value
         # straight-through: the value is C_ma, the gradient that of the current batch
-        constraint = c_batch + (c_ma - c_batch).detach()
-        loss = kl + self.lam * batch_size * constraint
+        constraint = c_batch + (c_ma.to(c_batch.dtype) - c_batch).detach()
+        loss = kl + (self._lam * batch_size).to(constraint.dtype) * constraint
         self._terms = {**elbo_term_sums(model.trace, guide.trace, self.wrapped.analytic_kl),
                        "constraint": c_batch.detach() * batch_size}
         if torch.is_grad_enabled():
-            if self.rate is None:
-                self.rate = RELATIVE_RATE / max(abs(c_batch_value), 1e-12)
+            if self._rate is None:
+                self._rate = RELATIVE_RATE / torch.clamp(c_batch_value.abs(), min=1e-12)  # ν = 0.01 / |C_1|
             self._advance(c_ma, c_batch_value, kl_value)
         return loss
 
-    def _global_means(self, per_datapoint: torch.Tensor, kl: torch.Tensor, batch_size: int) -> tuple[float, float]:
-        """The mean constraint and KL per datapoint of the whole batch: of this process's batch, or in
-        data-parallel training of the union of the processes' shards (through :attr:`all_reduce`)."""
+    def _global_means(self, per_datapoint: torch.Tensor, kl: torch.Tensor,
+                      batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean constraint and KL per datapoint of the whole batch (float64, on the batch's device):
+        of this process's batch, or in data-parallel training of the union of the processes' shards
+        (through :attr:`all_reduce`)."""
+        # the counts are filled in on the device: a tensor made from a number would be copied there, a host sync
         sums = self.all_reduce(torch.stack([per_datapoint.sum(), kl.to(per_datapoint.dtype),
-                                            per_datapoint.new_tensor(per_datapoint.numel()),
-                                            per_datapoint.new_tensor(batch_size)]))
-        c_sum, kl_sum, count, datapoints = sums.tolist()
+                                            per_datapoint.new_full((), per_datapoint.numel()),
+                                            per_datapoint.new_full((), batch_size)]))
+        c_sum, kl_sum, count, datapoints = sums.double()
         return c_sum / count, kl_sum / datapoints
 
-    def _advance(self, c_ma: float, c_batch: float, kl: float) -> None:
-        for name, value in zip(self.history, (self.lam, c_ma, c_batch, kl)):
-            self.history[name].append(value)
-        self.c_ma = c_ma
+    def _move_state(self, device: torch.device) -> None:
+        """λ, C_ma and ν onto the loss's device: on the first step, or the first after a load; a no-op after."""
+        self._lam = self._lam.to(device)
+        self._c_ma = None if self._c_ma is None else self._c_ma.to(device)
+        self._rate = None if self._rate is None else self._rate.to(device)
+
+    def _advance(self, c_ma: torch.Tensor, c_batch: torch.Tensor, kl: torch.Tensor) -> None:
+        self._pending.append(torch.stack([self._lam, c_ma, c_batch, kl]))
+        self._c_ma = c_ma
         self.step += 1
         if self.step > self.warmup:
-            # the exponent is capped where λ would pass lambda_max anyway, so a huge C_ma cannot overflow exp
-            growth = math.exp(min(self.rate * c_ma, math.log(self.lambda_max / self.lam)))
-            self.lam = min(max(self.lam * growth, self.lambda_min), self.lambda_max)
+            # λ <- clamp(λ·exp(ν·C_ma), lambda_min, lambda_max); the exponent is capped where λ would pass
+            # lambda_max anyway, so a huge C_ma cannot overflow exp
+            growth = torch.exp(torch.minimum(self._rate * c_ma, torch.log(self.lambda_max / self._lam)))
+            self._lam = torch.clamp(self._lam * growth, self.lambda_min, self.lambda_max)
+
+    @property
+    def lam(self) -> float:
+        """λ for the next step (a read off the device)."""
+        return self._lam.item()
+
+    @property
+    def c_ma(self) -> float | None:
+        """C_ma after the last step, None before the first (a read off the device)."""
+        return None if self._c_ma is None else self._c_ma.item()
+
+    @property
+    def rate(self) -> float | None:
+        """ν: as given, or as calibrated on the first step (None until then)."""
+        return None if self._rate is None else self._rate.item()
+
+    @property
+    def history(self) -> dict[str, list[float]]:
+        """The per-step log, a list of floats for each of ``lambda`` (λ the step used), ``c_ma``, ``constraint``
+        (the batch's C) and ``kl`` (per datapoint)."""
+        self._read_pending()
+        return self._history
+
+    def _read_pending(self) -> None:
+        """Move the steps still on the device into :attr:`history`, all in one read."""
+        if self._pending:
+            for values, new in zip(self._history.values(), zip(*torch.stack(self._pending).tolist())):
+                values.extend(new)
+            self._pending = []
 
     def state_dict(self) -> dict[str, Any]:
         """λ, C_ma, ν (None until calibrated), the step count and the per-step history, for a checkpoint."""
@@ -206,7 +253,9 @@ class GECO(Objective):
                 "history": {name: list(values) for name, values in self.history.items()}}
 
     def status(self) -> dict[str, float]:
-        """λ and C_ma (None before the first step) after the last step."""
+        """λ and C_ma (None before the first step) after the last step. Called once per epoch, it also
+        brings the epoch's steps into :attr:`history`, so they do not pile up on the device."""
+        self._read_pending()
         return {"geco_lambda": self.lam, "geco_c_ma": self.c_ma}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -220,12 +269,14 @@ class GECO(Objective):
         if type(step) is not int or step < 0 or (c_ma is None) != (step == 0):
             raise ValueError(f"GECO step must be an integer >= 0, 0 exactly when C_ma is None; got {step!r} "
                              f"and {c_ma!r}")
-        if (not isinstance(history, dict) or set(history) != set(self.history)
+        if (not isinstance(history, dict) or set(history) != set(self._history)
                 or not all(isinstance(values, list) and len(values) == step and all(map(_is_number, values))
                            for values in history.values())):
-            raise ValueError(f"GECO history must hold {step} numbers for each of {', '.join(self.history)}")
-        self.lam, self.c_ma, self.rate, self.step = float(lam), c_ma, rate, step
-        self.history = {name: list(values) for name, values in history.items()}
+            raise ValueError(f"GECO history must hold {step} numbers for each of {', '.join(self._history)}")
+        self._lam, self._c_ma, self._rate = (None if value is None else _state(value) for value in (lam, c_ma, rate))
+        self.step = step
+        self._history = {name: list(values) for name, values in history.items()}
+        self._pending = []
 
     def warnings(self) -> list[str]:
         """λ at a clamp, or the constraint clearly unmet at the end of training: C_ma above ``UNMET``
@@ -248,6 +299,11 @@ class GECO(Objective):
                          "the constraint's units): the reconstruction is worse than objective.tolerance asks; train "
                          "longer or raise objective.tolerance.")
         return found
+
+
+def _state(value: float) -> torch.Tensor:
+    """A number of GECO's state as a 0-dim float64 tensor (moved to the loss's device on the next step)."""
+    return torch.tensor(float(value), dtype=torch.float64)
 
 
 def _unchanged(tensor: torch.Tensor) -> torch.Tensor:
