@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from benchmarks.cases import Settings, cli_case, epoch_case, log_likelihood_case, step_case
-from benchmarks.timing import machine, machine_tag
+from benchmarks.timing import hold_freed_memory, machine, machine_tag
 from ppl_vae.build import resolve_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
               "objectives": tuple(args.objectives or ()), "batch_sizes": tuple(args.batch_sizes or ())}
     settings = replace(QUICK if args.quick else Settings(), **{key: value for key, value in chosen.items() if value})
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 1)))
+    hold_freed_memory()
     device = resolve_device(settings.device)
     info = machine(device)
     out = args.out or RESULTS / f"{machine_tag(info)}{'-quick' if args.quick else ''}.json"

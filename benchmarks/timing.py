@@ -17,9 +17,24 @@ from typing import Any, Callable
 
 import torch
 
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-SMALL_MMAP_THRESHOLD = 64 * 1024  # while measuring memory: blocks above it are mapped alone, unmapped when freed
-WARM_MMAP_THRESHOLD = 32 * 1024 * 1024  # otherwise: the most glibc's dynamic threshold grows to (64-bit)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+SMALL_THRESHOLD = 64 * 1024  # while measuring memory: freed blocks above it go back to the system at once
+HELD_MMAP_THRESHOLD = 32 * 1024 * 1024  # while timing: blocks up to it come from the heap (glibc's 64-bit maximum)
+HELD_TRIM_THRESHOLD = 2**31 - 1  # ... and freed heap memory is kept for the next allocation (mallopt takes a C int)
+
+
+def hold_freed_memory() -> None:
+    """Make glibc keep freed memory for reuse, as PyTorch's own CUDA allocator does on a GPU.
+
+    With glibc's defaults, whether a large freed block (a 100 x 100 x 784 float tensor is 31 MB) goes
+    back to the system depends on where it sits in the heap; when it does, the next allocation of
+    that size faults every page in again. That cost hit the two sides of a case unevenly, run to run
+    (a third of the log-likelihood case's time in some runs and none in others), so every timing
+    runs with freed memory held. Does nothing where the C library is not glibc."""
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(M_MMAP_THRESHOLD, HELD_MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, HELD_TRIM_THRESHOLD)
 
 
 @dataclass
@@ -65,7 +80,8 @@ def interleave(runs: dict[str, Run], work: float, repeats: int, device: torch.de
     datapoints one repetition processes. With ``warm_up``, one unmeasured run each comes first and
     measures the peak memory; without (runs too long to repeat), no peak memory is measured.
     Returns each run's summary and, beside each run but the baseline, its ``ratio``: its throughput
-    / the baseline's (medians)."""
+    / the baseline's, the median over the rounds of each round's ratio (a paired estimate: a slow
+    spell of the machine that hits one round hits both of its sides)."""
     sides = {name: Side(work=work) for name in runs}
     if warm_up:
         for name, run in runs.items():
@@ -73,16 +89,22 @@ def interleave(runs: dict[str, Run], work: float, repeats: int, device: torch.de
     for _ in range(repeats):
         for name, run in runs.items():
             sides[name].seconds.append(run())
-    reference = sides["baseline"].median
-    return {name: {**side.summary(), **({} if name == "baseline" else {"ratio": reference / side.median})}
+    reference = sides["baseline"].seconds
+    return {name: {**side.summary(), **({} if name == "baseline" else {"ratio": paired_ratio(reference, side.seconds)})}
             for name, side in sides.items()}
+
+
+def paired_ratio(reference: list[float], seconds: list[float]) -> float:
+    """The median over rounds of the reference's seconds / ``seconds``: the throughput of the side that
+    took ``seconds`` relative to the reference's (above 1: faster)."""
+    return statistics.median(theirs / mine for theirs, mine in zip(reference, seconds, strict=True))
 
 
 def peak_memory_mb(run: Run, device: torch.device) -> float | None:
     """Memory in MB that ``run()`` needs above what was in use before it: the CUDA allocator's peak on
     a GPU; on Linux CPUs with glibc the peak resident set size (its high-water mark reset first), with
-    freed memory handed back to the system before and during the run (:class:`FreedMemoryReturned`)
-    so that the peak is this run's alone; None elsewhere."""
+    freed memory handed back to the system before and during the run, so that the peak is this run's
+    alone (then held again for the timings: :func:`hold_freed_memory`); None elsewhere."""
     if device.type == "cuda":
         synchronize(device)
         before = torch.cuda.memory_allocated(device)
@@ -94,15 +116,16 @@ def peak_memory_mb(run: Run, device: torch.device) -> float | None:
     if libc is None or not (os.path.exists(status) and os.access(clear, os.W_OK)):
         return None
     libc.malloc_trim(0)
-    libc.mallopt(M_MMAP_THRESHOLD, SMALL_MMAP_THRESHOLD)  # every freed block above 64 KiB goes back at once
+    libc.mallopt(M_MMAP_THRESHOLD, SMALL_THRESHOLD)  # every freed block above 64 KiB goes back at once
+    libc.mallopt(M_TRIM_THRESHOLD, SMALL_THRESHOLD)
     try:
         before = _status_kb(status, "VmRSS")
         with open(clear, "w") as file:
             file.write("5")  # resets VmHWM, the peak resident set size, to the current size
         run()
         return max(_status_kb(status, "VmHWM") - before, 0) / 1024  # the run may free what was in use before
-    finally:  # the threshold glibc's own adjustment reaches in a warmed-up process: timings are not slowed
-        libc.mallopt(M_MMAP_THRESHOLD, WARM_MMAP_THRESHOLD)
+    finally:
+        hold_freed_memory()
 
 
 def _glibc() -> ctypes.CDLL | None:

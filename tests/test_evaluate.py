@@ -20,6 +20,7 @@ import pyro.distributions as dist  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from pyro.infer.util import is_validation_enabled  # noqa: E402
 from torch.distributions import MultivariateNormal  # noqa: E402
 
 from ppl_vae.errors import EvaluationError  # noqa: E402
@@ -128,6 +129,32 @@ def test_chunking_over_datapoints_keeps_each_datapoint_its_own():
     chunked = log_likelihood(vae.model, vae.guide, x, num_samples=40, batch_size=3, particle_batch_size=7)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=TIGHT)
     torch.testing.assert_close(whole, ppca.exact_log_likelihood(x), rtol=0, atol=TIGHT)
+
+
+def test_only_the_first_batch_of_particles_is_validated(host_reads):
+    """Argument validation checks the plate probe and the first batch of particles, where a model or
+    guide that does not fit the data shows; the other batches run without it (and its host reads)
+    and estimate the same."""
+    ppca = PPCA()
+    vae, x = ppca.vae, ppca.sample_data(10)
+    validated = []
+
+    def guide(x):
+        validated.append(is_validation_enabled())
+        vae.guide(x)
+
+    with host_reads() as reads:
+        estimate = log_likelihood(vae.model, guide, x, num_samples=40, batch_size=5, particle_batch_size=15)
+    assert validated == [True, True] + [False] * 5  # the probe, then 2 chunks of datapoints x 3 batches
+    assert is_validation_enabled()
+    torch.testing.assert_close(estimate, ppca.exact_log_likelihood(x), rtol=0, atol=TIGHT)
+    with host_reads() as first_batch_reads:
+        log_likelihood(vae.model, vae.guide, x[:5], num_samples=15, batch_size=5, particle_batch_size=15)
+    assert len(reads) == len(first_batch_reads) > 0
+    bad = x.clone()
+    bad[7, 0] = math.inf  # in the second chunk, which validation does not see
+    with pytest.raises(EvaluationError, match="datapoint 7 of data argument 0 holds NaN or Inf"):
+        log_likelihood(vae.model, vae.guide, bad, num_samples=40, batch_size=5, particle_batch_size=15)
 
 
 def two_tensor_ppca(ppca: PPCA, split: int = 2):

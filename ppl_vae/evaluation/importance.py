@@ -11,19 +11,21 @@ unlike Pyro's ``Importance``, it keeps the data plate.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import pyro
 import torch
 from tqdm.auto import tqdm
 
 from ppl_vae.errors import EvaluationError
 from ppl_vae.evaluation.arviz import import_arviz
 from ppl_vae.errors import warn_diagnostic
-from ppl_vae.evaluation.inputs import check_counts, chunks, count_datapoints
+from ppl_vae.evaluation.inputs import check_counts, check_finite, chunks, count_datapoints
 from ppl_vae.evaluation.plates import plate_layout
-from ppl_vae.objectives.traces import log_weights
+from ppl_vae.objectives.traces import PlateLayout, log_weights
 
 PSIS_KHAT_THRESHOLD = 0.7  # ArviZ's guidance: above it, the importance-sampling estimate is unreliable
 # ArviZ fits the Pareto tail to the ceil(K/5) largest weights (for K < 225) and needs more than 4 of them
@@ -83,7 +85,11 @@ def importance_sample(
 
     Memory is bounded by chunking: ``batch_size`` datapoints at a time, their ``num_samples``
     particles drawn ``particle_batch_size`` at a time; only the (num_samples, batch_size)
-    log-weights of one chunk of datapoints are held.
+    log-weights of one chunk of datapoints are held. Pyro's and torch's argument validation runs
+    on the first batch of particles only, where it catches a model or guide that does not fit the
+    data (as on the training loop's first step); later batches run the same model and guide with
+    it off, without its support checks (and their host syncs on a GPU) at every sample site. Data
+    with a NaN or Inf anywhere is refused up front, naming the datapoint.
 
     With ``psis``, warns (one :class:`~ppl_vae.errors.DiagnosticWarning`) when any
     k̂ > 0.7, or that k̂ could not be computed with fewer than :data:`PSIS_MIN_SAMPLES` samples
@@ -91,15 +97,13 @@ def importance_sample(
     and its ESS is 1.
     """
     check_counts(num_samples=num_samples, batch_size=batch_size, particle_batch_size=particle_batch_size)
+    check_finite(data)
     layout = plate_layout(model, guide, *data)
     results: dict[str, list[torch.Tensor]] = {"log_likelihood": [], "elbo": [], "ess": [], "khat": []}
     with tqdm(total=count_datapoints(data), unit="datapoint", disable=not progress, dynamic_ncols=True) as bar:
-        for chunk in chunks(data, batch_size):
-            weights = torch.cat([
-                log_weights(model, guide, *chunk, num_particles=min(particle_batch_size, num_samples - first),
-                            layout=layout)
-                for first in range(0, num_samples, particle_batch_size)
-            ])
+        for index, chunk in enumerate(chunks(data, batch_size)):
+            weights = _chunk_log_weights(model, guide, chunk, num_samples, particle_batch_size, layout,
+                                         validate=index == 0)
             normalizer = torch.logsumexp(weights, dim=0)
             results["log_likelihood"].append(normalizer - math.log(num_samples))
             results["elbo"].append(weights.mean(0))
@@ -117,6 +121,21 @@ def importance_sample(
         khat=khat,
         num_samples=num_samples,
     )
+
+
+def _chunk_log_weights(
+    model: Callable, guide: Callable, chunk: tuple[torch.Tensor, ...], num_samples: int, particle_batch_size: int,
+    layout: PlateLayout, validate: bool,
+) -> torch.Tensor:
+    """The (num_samples, datapoints) log-weights of one chunk of datapoints, ``particle_batch_size``
+    particles at a time; Pyro's and torch's argument validation as the user set it on the first
+    batch with ``validate``, off for every other batch."""
+    weights = []
+    for first in range(0, num_samples, particle_batch_size):
+        num_particles = min(particle_batch_size, num_samples - first)
+        with nullcontext() if validate and first == 0 else pyro.validation_enabled(False):
+            weights.append(log_weights(model, guide, *chunk, num_particles=num_particles, layout=layout))
+    return torch.cat(weights)
 
 
 def _warn_about_khat(khat: torch.Tensor, num_samples: int) -> None:

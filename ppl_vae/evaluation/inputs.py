@@ -1,6 +1,6 @@
 """The per-datapoint tensors every evaluation takes after its model and guide (``*data``): how many
-datapoints they hold, and the same rows of each, a chunk at a time; and the check of the counts
-(samples, particles, chunk sizes) every evaluation takes as keyword options."""
+datapoints they hold, whether they are finite, and the same rows of each, a chunk at a time; and the
+check of the counts (samples, particles, chunk sizes) every evaluation takes as keyword options."""
 
 from __future__ import annotations
 
@@ -21,6 +21,20 @@ def count_datapoints(data: tuple[torch.Tensor, ...]) -> int:
             f"least 1), got lengths {lengths}."
         )
     return lengths[0]
+
+
+def check_finite(data: tuple[torch.Tensor, ...]) -> None:
+    """Refuse data holding a NaN or Inf, naming the first such datapoint (one read of the device for
+    all the data: evaluations validate the model's arguments on their first batch only)."""
+    for position, tensor in enumerate(data):
+        if tensor.is_floating_point():
+            finite = torch.isfinite(tensor).reshape(tensor.shape[0], -1).all(-1)
+            if not finite.all():
+                first = int(torch.nonzero(~finite)[0])
+                raise EvaluationError(
+                    f"datapoint {first} of data argument {position} holds NaN or Inf: evaluation needs finite data "
+                    "(remove or repair those rows)."
+                )
 
 
 def check_counts(**options: object) -> None:
