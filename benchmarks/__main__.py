@@ -30,8 +30,8 @@ from ppl_vae.build import resolve_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CASES = ("step", "epoch", "log_likelihood", "cli")
-QUICK = Settings(dataset="digits", objectives=("elbo",), batch_sizes=(128,), repeats=1, epoch_repeats=1, steps=3,
-                 num_samples=30, test_points=50, cli_repeats=1)
+QUICK = Settings(dataset="digits", objectives=("elbo",), batch_sizes=(128,), repeats=1, epoch_repeats=1,
+                 log_likelihood_repeats=1, steps=3, num_samples=30, test_points=50, cli_repeats=1)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -39,8 +39,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a few seconds on the digits dataset (checks the runner)")
     parser.add_argument("--only", nargs="+", choices=CASES, default=list(CASES), help="the cases to run")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--repeats", type=int, help="interleaved repetitions per case (default 3, of an epoch 2; "
-                                                    "quick 1)")
+    parser.add_argument("--repeats", type=int, help="interleaved repetitions per case (default 3, of an epoch 2, "
+                                                    "of the log-likelihood 7; quick 1)")
     parser.add_argument("--objectives", nargs="+", choices=("elbo", "meanfield", "iwae"),
                         help="objectives of the step and epoch cases (default all)")
     parser.add_argument("--batch-sizes", nargs="+", type=int, help="batch sizes of the step and epoch cases "
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(json.loads(args.markdown.read_text())))
         return 0
     chosen = {"device": args.device, "repeats": args.repeats, "epoch_repeats": args.repeats,
+              "log_likelihood_repeats": args.repeats,
               "objectives": tuple(args.objectives or ()), "batch_sizes": tuple(args.batch_sizes or ())}
     settings = replace(QUICK if args.quick else Settings(), **{key: value for key, value in chosen.items() if value})
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 1)))

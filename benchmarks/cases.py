@@ -6,7 +6,8 @@
   one) against one Adam step of the baseline, on the same batch;
 - ``epoch``: one full epoch through :func:`ppl_vae.runs.fit` (data pipeline, progress bar, callbacks
   and history included; the epoch's wall time from the history, so building the run and the
-  evaluations after the epoch are left out) against the baseline's epoch over the same data;
+  evaluations after the epoch are left out), also with ``train.compile`` where the objective has a
+  compiled loss, against the baseline's epoch over the same data;
 - both against the baseline with torch's default Adam (a plain loop as it is usually written), and on
   a CPU also against the baseline with the fused Adam that ppl_vae's optimizer uses there
   (``baseline_fused_adam``, its ratio that baseline's / the default's), which tells how much of our
@@ -29,7 +30,7 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,6 +63,7 @@ class Settings:
     batch_sizes: tuple[int, ...] = (100, 128, 512)
     repeats: int = 3
     epoch_repeats: int = 2  # an epoch is long (a whole IWAE epoch is minutes on one core)
+    log_likelihood_repeats: int = 7  # its runs spread by +-10 % on a shared CPU, PSIS costs about 2 %
     steps: int = 20  # steps per repetition of the step benchmark
     num_samples: int = 1000  # K of the log-likelihood benchmark
     test_points: int = 300  # test images of the log-likelihood benchmark
@@ -136,10 +138,11 @@ def epoch_case(settings: Settings, objective: str, batch_size: int) -> dict[str,
     train_x, device = setup.dataset.train, setup.device
     weights = plain_copy(setup).state_dict()
 
-    def ours() -> float:
-        with contextlib.redirect_stderr(io.StringIO()):  # the progress bar is drawn, into a buffer
-            run = fit(config, figures=False)
-        return run.history[0]["epoch_seconds"]
+    def ours(config: Config) -> Callable[[], float]:
+        def run() -> float:
+            with contextlib.redirect_stderr(io.StringIO()):  # the progress bar is drawn, into a buffer
+                return fit(config, figures=False).history[0]["epoch_seconds"]
+        return run
 
     def plain_epoch(fused: bool) -> Callable[[], float]:
         def run() -> float:
@@ -151,7 +154,10 @@ def epoch_case(settings: Settings, objective: str, batch_size: int) -> dict[str,
                                                       batch_size, generator), device)
         return run
 
-    runs = {"ours": ours, **{name: plain_epoch(fused) for name, fused in baselines(device).items()}}
+    runs = {"ours": ours(config)}
+    if OBJECTIVES.get(objective)(**config.objective.options).compile():  # train.compile: true, where it compiles
+        runs["ours_compiled"] = ours(replace(config, train=replace(config.train, compile=True)))
+    runs.update({name: plain_epoch(fused) for name, fused in baselines(device).items()})
     return interleave(runs, train_x.shape[0], settings.epoch_repeats, device,
                       warm_up=False)  # an epoch is long: the first one's one-off costs hardly count
 
@@ -179,7 +185,7 @@ def log_likelihood_case(settings: Settings) -> dict[str, Any]:
         return timed(sample, setup.device)
 
     result = interleave({"ours": ours(False), "ours_psis": ours(True), "baseline": plain_sampler},
-                        x.shape[0], settings.repeats, setup.device)
+                        x.shape[0], settings.log_likelihood_repeats, setup.device)
     result["mean_log_likelihood"] = {name: value.mean().item() for name, value in estimates.items()}
     result["psis_overhead"] = 1 / paired_ratio(result["ours"]["seconds"], result["ours_psis"]["seconds"]) - 1
     return result
