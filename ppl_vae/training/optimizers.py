@@ -19,9 +19,8 @@ defaults to its multi-tensor implementation. Optimizer arguments that choose an 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
-
 import inspect
+from typing import Any, Callable, Iterable
 
 import pyro
 import torch
