@@ -10,6 +10,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from ppl_vae.build import build_vae
 from ppl_vae.config import ModelConfig, part
 from ppl_vae.objectives.estimators import DeviceTraceELBO, DeviceTraceMeanFieldELBO
+from ppl_vae.objectives.traces import elbo_terms
 
 DATA_DIM, LATENT_DIM, BATCH = 12, 3, 7
 PAIRS = [(Trace_ELBO, DeviceTraceELBO), (TraceMeanField_ELBO, DeviceTraceMeanFieldELBO)]
@@ -89,3 +90,16 @@ def test_no_value_is_read_off_the_device(vae_and_data, host_reads, our_class):
     with pyro.validation_enabled(False), host_reads() as reads:  # what ours avoids
         Trace_ELBO().differentiable_loss(vae.model, vae.guide, x).backward()
     assert "item" in reads
+
+
+def test_meanfield_terms_reuse_its_closed_form_kl(vae_and_data):
+    """The closed-form KL the loss computed is the one the terms report: KL(N(mu, s^2) || N(0, 1))."""
+    vae, x = vae_and_data
+    elbo = DeviceTraceMeanFieldELBO()
+    elbo.differentiable_loss(vae.model, vae.guide, x, kl_weight=0.5)
+    model_trace, guide_trace = elbo.last_traces
+    posterior = vae.encode(x)
+    loc, scale = posterior.base_dist.loc, posterior.base_dist.scale
+    closed_form = 0.5 * (loc**2 + scale**2 - 1 - torch.log(scale**2)).sum(-1)  # unscaled by β
+    torch.testing.assert_close(guide_trace.nodes["z"]["analytic_kl"], closed_form)
+    torch.testing.assert_close(elbo_terms(model_trace, guide_trace, analytic_kl=True)[1], closed_form)

@@ -74,7 +74,9 @@ class DeviceTraceELBO(OnDevice, Trace_ELBO):
 
 class DeviceTraceMeanFieldELBO(OnDevice, TraceMeanField_ELBO):
     """``TraceMeanField_ELBO``: the KL in closed form where torch knows it, else the sampled
-    log p(z) - log q(z|x); every latent must be reparameterized, so the loss is its own surrogate."""
+    log p(z) - log q(z|x); every latent must be reparameterized, so the loss is its own surrogate.
+    The closed-form KL (unscaled) is kept in the guide site as ``analytic_kl``, where the objective's
+    terms read it (:func:`~ppl_vae.objectives.traces.analytic_kl_of`)."""
 
     def particle_losses(self, model_trace: Trace, guide_trace: Trace) -> tuple[torch.Tensor, torch.Tensor]:
         elbo = 0.0
@@ -86,9 +88,9 @@ class DeviceTraceMeanFieldELBO(OnDevice, TraceMeanField_ELBO):
             if is_validation_enabled():
                 check_fully_reparametrized(guide_site)
             try:
-                kl = scale_and_mask(kl_divergence(guide_site["fn"], model_site["fn"]),
-                                    scale=guide_site["scale"], mask=guide_site["mask"])
-                elbo = elbo - kl.sum()
+                guide_site["analytic_kl"] = kl_divergence(guide_site["fn"], model_site["fn"])  # for the terms too
+                elbo = elbo - scale_and_mask(guide_site["analytic_kl"], scale=guide_site["scale"],
+                                             mask=guide_site["mask"]).sum()
             except NotImplementedError:
                 elbo = elbo + model_site["log_prob_sum"] - guide_site["score_parts"].entropy_term.sum()
         for name, guide_site in _sample_sites(guide_trace):

@@ -89,6 +89,19 @@ def unscaled_log_prob(site: dict[str, Any]) -> torch.Tensor:
     return cached if cached is not None else site["fn"].log_prob(site["value"])
 
 
+def analytic_kl_of(guide_site: dict[str, Any], model_site: dict[str, Any]) -> torch.Tensor | None:
+    """KL(q || p) in closed form between a latent site's guide and model distributions, unscaled: the
+    value an estimator already stored in the guide site (``analytic_kl``), else computed here; None
+    where torch has no closed form."""
+    cached = guide_site.get("analytic_kl")
+    if cached is not None:
+        return cached
+    try:
+        return kl_divergence(guide_site["fn"], model_site["fn"])
+    except NotImplementedError:
+        return None
+
+
 def log_prob_per_datapoint(trace: Trace, observed: bool | None = None) -> torch.Tensor:
     """Σ of the unscaled log-probabilities of the trace's sample sites (all, observed or latent),
     as (particles, datapoints)."""
@@ -107,13 +120,7 @@ def elbo_terms(model_trace: Trace, guide_trace: Trace, analytic_kl: bool = True)
     reconstruction = log_prob_per_datapoint(model_trace, observed=True).mean(0)
     kl = torch.zeros_like(reconstruction)
     for name, guide_site in sample_sites(guide_trace, observed=False).items():
-        posterior, prior = guide_site["fn"], model_trace.nodes[name]["fn"]
-        site_kl = None
-        if analytic_kl:
-            try:
-                site_kl = kl_divergence(posterior, prior)
-            except NotImplementedError:
-                pass
+        site_kl = analytic_kl_of(guide_site, model_trace.nodes[name]) if analytic_kl else None
         if site_kl is None:
             site_kl = unscaled_log_prob(guide_site) - unscaled_log_prob(model_trace.nodes[name])
         kl = kl + per_datapoint(site_kl, guide_site).mean(0)
