@@ -1,7 +1,8 @@
 """From a config to the objects that train: dataset, VAE, objective, β schedule, optimizer, device.
 
-This is the one place where names in a config meet the registries (:data:`REGISTRIES`):
-:func:`check` refuses an unknown name or option before anything is built, and :func:`build` makes
+Names in a config meet the registries here (:data:`REGISTRIES`; the command line checks the names
+alone earlier, before torch is imported, with :func:`ppl_vae.registry.check_name`): :func:`check`
+refuses an unknown name or option before anything is built, and :func:`build` makes
 everything a training run needs, in a fixed order (so a seed gives the same run)::
 
     setup = build(check(load_config("mnist")))

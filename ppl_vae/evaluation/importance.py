@@ -11,12 +11,10 @@ unlike Pyro's ``Importance``, it keeps the data plate.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import pyro
 import torch
 from tqdm.auto import tqdm
 
@@ -26,6 +24,7 @@ from ppl_vae.errors import warn_diagnostic
 from ppl_vae.evaluation.inputs import check_counts, check_finite, chunks, count_datapoints
 from ppl_vae.evaluation.plates import plate_layout
 from ppl_vae.objectives.traces import PlateLayout, log_weights
+from ppl_vae.training.loop import validation
 
 PSIS_KHAT_THRESHOLD = 0.7  # ArviZ's guidance: above it, the importance-sampling estimate is unreliable
 # ArviZ fits the Pareto tail to the ceil(K/5) largest weights (for K < 225) and needs more than 4 of them
@@ -133,7 +132,7 @@ def _chunk_log_weights(
     weights = []
     for first in range(0, num_samples, particle_batch_size):
         num_particles = min(particle_batch_size, num_samples - first)
-        with nullcontext() if validate and first == 0 else pyro.validation_enabled(False):
+        with validation(validate and first == 0):
             weights.append(log_weights(model, guide, *chunk, num_particles=num_particles, layout=layout))
     return torch.cat(weights)
 

@@ -48,8 +48,9 @@ def svi_step(svi: SVI, *args: Any, **kwargs: Any) -> torch.Tensor:
     return loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(loss)  # Pyro's own ELBOs give floats
 
 
-def _validation(keep: bool) -> AbstractContextManager:
-    """Leave Pyro's and torch's argument validation as the user set it (``keep``), or turn it off."""
+def validation(keep: bool) -> AbstractContextManager:
+    """Leave Pyro's and torch's argument validation as the user set it (``keep``), or turn it off: the
+    training loop keeps it for a session's first step, evaluations for their first batch."""
     return nullcontext() if keep else pyro.validation_enabled(False)
 
 
@@ -70,7 +71,7 @@ def train(
             for batch in itertools.islice(batches(state.generator), state.epoch_step, None):
                 state.beta = schedule(state.step, state.epoch)
                 try:
-                    with _validation(validate or state.step == first_step):
+                    with validation(validate or state.step == first_step):
                         loss = svi_step(svi, *batch, kl_weight=state.beta)
                 except RuntimeError as error:  # e.g. out of memory: a callback may raise a clearer error
                     for callback in callbacks:
