@@ -39,7 +39,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a few seconds on the digits dataset (checks the runner)")
     parser.add_argument("--only", nargs="+", choices=CASES, default=list(CASES), help="the cases to run")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--repeats", type=int, help="interleaved repetitions per case (default 3, of an epoch 2, "
+    parser.add_argument("--repeats", type=int, help="interleaved repetitions per case (default 3, of an epoch 3, "
                                                     "of the log-likelihood 7; quick 1)")
     parser.add_argument("--objectives", nargs="+", choices=("elbo", "meanfield", "iwae"),
                         help="objectives of the step and epoch cases (default all)")

@@ -62,7 +62,7 @@ class Settings:
     objectives: tuple[str, ...] = ("elbo", "meanfield", "iwae")
     batch_sizes: tuple[int, ...] = (100, 128, 512)
     repeats: int = 3
-    epoch_repeats: int = 2  # an epoch is long (a whole IWAE epoch is minutes on one core)
+    epoch_repeats: int = 3  # an epoch is long (an IWAE epoch is 10 s on one core); odd, so the median is a round's
     log_likelihood_repeats: int = 7  # its runs spread by +-10 % on a shared CPU, PSIS costs about 2 %
     steps: int = 20  # steps per repetition of the step benchmark
     num_samples: int = 1000  # K of the log-likelihood benchmark

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from ppl_vae.data import datasets as data, files
 from ppl_vae.data import DATASETS, Dataset, batches, load_dataset
+from ppl_vae.data.batching import sample_binary
 from ppl_vae.errors import ConfigError, DataError
 
 MNIST_TRAIN_LABEL_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -399,6 +400,16 @@ def test_batches_binarize_draws_bernoulli_pixels():
     standard_error = (probs[0] * (1 - probs[0]) / len(draws)).sqrt()
     assert ((draws.mean(0) - probs[0]).abs() <= 5 * standard_error + 1e-6).all()
     assert (draws[:, 0] == 0).all() and (draws[:, -1] == 1).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_binarization_keeps_its_draws_bit_for_bit(dtype: torch.dtype):
+    """A pixel is 1 where a float32 uniform of the generator is below its value, for data of any
+    dtype: the draws that every run and reproduction of the project made so far."""
+    probs = torch.rand(300, 784, dtype=dtype, generator=torch.Generator().manual_seed(5))
+    uniforms = torch.rand(probs.shape, generator=torch.Generator().manual_seed(0))
+    draws = sample_binary(probs, torch.Generator().manual_seed(0))
+    assert draws.dtype == dtype and torch.equal(draws, (uniforms < probs).to(dtype))
 
 
 def test_batches_rejects_a_batch_size_below_one():
