@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from benchmarks.cases import Settings, cli_case, epoch_case, log_likelihood_case, step_case
-from benchmarks.timing import hold_freed_memory, machine, machine_tag
+from benchmarks.timing import hold_freed_memory, machine, machine_tag, round_ratios
 from ppl_vae.build import resolve_device
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -57,8 +57,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"thread(s), load average {', '.join(f'{load:.1f}' for load in info['load_average_at_start'] or [])} at "
             f"the start), device {info['device']}{', ' + info['gpu'] if info['gpu'] else ''}; torch {info['torch']}, "
             f"pyro {info['pyro']}; {report['seconds']:.0f} s in all.", "",
-            "| case | ours (datapoints/s) | baseline (datapoints/s) | ratio ours / baseline "
-            "| peak memory ours / baseline (MB) |", "| --- | ---: | ---: | ---: | ---: |"]
+            "| case | ours (datapoints/s) | baseline (datapoints/s) | ratio ours / baseline | single rounds' ratios "
+            "| peak memory ours / baseline (MB) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, result in report["results"].items():
         if name == "cli":
             continue
@@ -70,10 +70,12 @@ def markdown(report: dict[str, Any]) -> str:
                             "baseline_fused_adam": " (the baseline itself, with fused Adam)"}.get(side, "")
             peaks = (ours["peak_memory_mb"], base["peak_memory_mb"])
             memory = "n/a" if peaks == (None, None) else "/".join("?" if peak is None else f"{peak:.0f}" for peak in peaks)
+            rounds = round_ratios(base["seconds"], ours["seconds"])
+            spread = f"{min(rounds):.2f} to {max(rounds):.2f}" if len(rounds) > 1 else "one round"
             rows.append(f"| {label} | {ours['throughput_per_second']:.0f} | {base['throughput_per_second']:.0f} | "
-                        f"{ours['ratio']:.2f} | {memory} |")
+                        f"{ours['ratio']:.2f} | {spread} | {memory} |")
     for command in report["results"].get("cli", {}).values():
-        rows.append(f"| `{command['command']}` | {command['median_seconds']:.2f} s | | | |")
+        rows.append(f"| `{command['command']}` | {command['median_seconds']:.2f} s | | | | |")
     return "\n".join(rows)
 
 

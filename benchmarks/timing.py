@@ -94,10 +94,15 @@ def interleave(runs: dict[str, Run], work: float, repeats: int, device: torch.de
             for name, side in sides.items()}
 
 
+def round_ratios(reference: list[float], seconds: list[float]) -> list[float]:
+    """Each round's reference seconds / ``seconds``: the throughput of the side that took ``seconds``
+    relative to the reference's in that round (above 1: faster)."""
+    return [theirs / mine for theirs, mine in zip(reference, seconds, strict=True)]
+
+
 def paired_ratio(reference: list[float], seconds: list[float]) -> float:
-    """The median over rounds of the reference's seconds / ``seconds``: the throughput of the side that
-    took ``seconds`` relative to the reference's (above 1: faster)."""
-    return statistics.median(theirs / mine for theirs, mine in zip(reference, seconds, strict=True))
+    """The median of :func:`round_ratios`: the paired estimate of the relative throughput."""
+    return statistics.median(round_ratios(reference, seconds))
 
 
 def peak_memory_mb(run: Run, device: torch.device) -> float | None:

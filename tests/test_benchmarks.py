@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ sits beside the package, not in it
 from benchmarks import baseline  # noqa: E402
-from benchmarks.__main__ import main  # noqa: E402
+from benchmarks.__main__ import main, markdown  # noqa: E402
 from benchmarks.cases import Settings, bench_config, plain_copy  # noqa: E402
 from ppl_vae.build import build  # noqa: E402
 from ppl_vae.evaluation import evaluate_elbo  # noqa: E402
@@ -30,6 +30,8 @@ def test_quick_run_writes_ratios_and_memory(tmp_path):
     assert {"ours", "ours_psis", "baseline"} <= set(log_likelihood)
     means = log_likelihood["mean_log_likelihood"]  # same weights, K = 30: the two estimates agree roughly
     assert abs(means["ours"] - means["baseline"]) < 0.05 * abs(means["baseline"])
+    row = next(line for line in markdown(report).splitlines() if line.startswith("| step elbo batch 128 |"))
+    assert f"| {step['ours']['ratio']:.2f} | one round |" in row  # one round: no spread to show
 
 
 @pytest.fixture
