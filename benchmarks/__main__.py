@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from dataclasses import asdict, replace
@@ -70,9 +71,11 @@ def markdown(report: dict[str, Any]) -> str:
                             "baseline_fused_adam": " (the baseline itself, with fused Adam)"}.get(side, "")
             peaks = (ours["peak_memory_mb"], base["peak_memory_mb"])
             memory = "n/a" if peaks == (None, None) else "/".join("?" if peak is None else f"{peak:.0f}" for peak in peaks)
-            rounds = round_ratios(base["seconds"], ours["seconds"])
+            paired = ours.get("baseline_seconds", base["seconds"])  # the baseline runs this side was paired with
+            rounds = round_ratios(paired, ours["seconds"])
             spread = f"{min(rounds):.2f} to {max(rounds):.2f}" if len(rounds) > 1 else "one round"
-            rows.append(f"| {label} | {ours['throughput_per_second']:.0f} | {base['throughput_per_second']:.0f} | "
+            work = ours["throughput_per_second"] * ours["median_seconds"]  # datapoints per run
+            rows.append(f"| {label} | {ours['throughput_per_second']:.0f} | {work / statistics.median(paired):.0f} | "
                         f"{ours['ratio']:.2f} | {spread} | {memory} |")
     for command in report["results"].get("cli", {}).values():
         rows.append(f"| `{command['command']}` | {command['median_seconds']:.2f} s | | | | |")

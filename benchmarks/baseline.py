@@ -20,7 +20,7 @@ Losses are the negative bound summed over the batch, as Pyro's are; bounds are n
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -102,17 +102,18 @@ def train_step(vae: PlainVAE, optimizer: torch.optim.Optimizer, loss: Loss, x: t
     return value.detach()
 
 
-def train_epoch(vae: PlainVAE, optimizer: torch.optim.Optimizer, loss: Loss, x: torch.Tensor, batch_size: int,
-                generator: torch.Generator) -> float:
-    """One epoch over the rows of grayscale ``x``, shuffled and dynamically binarized batch by batch;
-    returns the epoch's mean bound (nats per datapoint, log-probability sign), read once at the end."""
+def epoch_steps(vae: PlainVAE, optimizer: torch.optim.Optimizer, loss: Loss, x: torch.Tensor, batch_size: int,
+                generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """One epoch over the rows of grayscale ``x``, shuffled and dynamically binarized batch by batch,
+    one batch per ``next``: yields the sum of the losses so far (on the device) after each step. A
+    plain loop reads the last sum once (the epoch's mean bound is -sum / rows, nats per datapoint)."""
     order = torch.randperm(x.shape[0], generator=generator, device=generator.device).to(x.device)
     total = torch.zeros((), device=x.device)
     for start in range(0, x.shape[0], batch_size):
         batch = x[order[start:start + batch_size]]
         uniforms = torch.rand(batch.shape, generator=generator, device=generator.device).to(x.device)
         total += train_step(vae, optimizer, loss, (uniforms < batch).to(batch.dtype))
-    return -total.item() / x.shape[0]
+        yield total
 
 
 @torch.no_grad()

@@ -3,21 +3,22 @@
 
 - ``step``: one SVI step (:func:`ppl_vae.training.loop.svi_step`, as ``train`` takes it after its
   first, validated step; also with the compiled loss of ``train.compile`` where the objective has
-  one) against one Adam step of the baseline, on the same batch;
+  one) against one Adam step of the baseline, on the same batch; the sides take turns, 20 steps each;
 - ``epoch``: one full epoch through :func:`ppl_vae.runs.fit` (data pipeline, progress bar, callbacks
-  and history included; the epoch's wall time from the history, so building the run and the
-  evaluations after the epoch are left out), also with ``train.compile`` where the objective has a
-  compiled loss, against the baseline's epoch over the same data;
+  and history included), also with ``train.compile`` where the objective has a compiled loss,
+  against the baseline's epoch over the same data, the two interleaved batch by batch inside
+  ``fit`` (:class:`BaselineSteps`);
 - both against the baseline with torch's default Adam (a plain loop as it is usually written), and on
   a CPU also against the baseline with the fused Adam that ppl_vae's optimizer uses there
   (``baseline_fused_adam``, its ratio that baseline's / the default's), which tells how much of our
   ratio that choice makes;
 - ``log_likelihood``: :func:`ppl_vae.evaluation.importance_sample` with and without PSIS against the
   baseline's importance sampler, with the same weights, K samples per datapoint, 100 datapoints by
-  100 samples at a time;
+  100 samples at a time, the sides taking turns chunk by chunk;
 - ``cli``: the wall time of ``ppl-vae --help`` and of a config typo's error, each a fresh process.
 
-Throughputs are datapoints per second; ratios are ours / the baseline's throughput (medians).
+Throughputs are datapoints per second; ratios are ours / the baseline's throughput (medians over
+rounds of each round's paired ratio).
 """
 
 from __future__ import annotations
@@ -32,14 +33,14 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pyro
 import torch
 from pyro.infer import SVI
 
 from benchmarks import baseline
-from benchmarks.timing import interleave, paired_ratio, timed
+from benchmarks.timing import Side, interleave, paired_ratio, peak_memory_mb, timed
 from ppl_vae.build import Setup, build, build_optimizer, check
 from ppl_vae.config import Config, load_config
 from ppl_vae.data import evaluation_split
@@ -47,8 +48,11 @@ from ppl_vae.errors import DiagnosticWarning
 from ppl_vae.evaluation import importance_sample
 from ppl_vae.objectives import OBJECTIVES
 from ppl_vae.runs import fit
+from ppl_vae.training import Callback
 from ppl_vae.training.loop import svi_step
+from ppl_vae.training.state import TrainingState
 
+LOG_LIKELIHOOD_CHUNK = 100  # datapoints per call of a log-likelihood sampler (the samplers' default batch)
 OBJECTIVE_SPECS = {"elbo": "{name: elbo}", "meanfield": "{name: meanfield}", "iwae": "{name: iwae, num_particles: 5}"}
 
 
@@ -63,7 +67,7 @@ class Settings:
     batch_sizes: tuple[int, ...] = (100, 128, 512)
     repeats: int = 3
     epoch_repeats: int = 3  # an epoch is long (an IWAE epoch is 10 s on one core); odd, so the median is a round's
-    log_likelihood_repeats: int = 7  # its runs spread by +-10 % on a shared CPU, PSIS costs about 2 %
+    log_likelihood_repeats: int = 7  # PSIS costs about 2 %: enough rounds to tell
     steps: int = 20  # steps per repetition of the step benchmark
     num_samples: int = 1000  # K of the log-likelihood benchmark
     test_points: int = 300  # test images of the log-likelihood benchmark
@@ -129,64 +133,127 @@ def step_case(settings: Settings, objective: str, batch_size: int) -> dict[str, 
     return interleave(runs, batch_size * settings.steps, settings.repeats, setup.device)
 
 
+class BaselineSteps(Callback):
+    """Runs the baselines' epochs inside ours, one batch of each after each of our training steps, and
+    times every batch on its own. A whole epoch of the same code ran up to 30 % slower or faster than
+    the one before it on a shared CPU, so epochs taken in turn gave ratios from 0.72 to 1.22; taken
+    batch by batch, a slow spell hits both sides alike and a round's ratio is steady to about 2 %."""
+
+    def __init__(self, epochs: dict[str, Iterator[torch.Tensor]], device: torch.device) -> None:
+        self.epochs, self.device = epochs, device
+        self.seconds = dict.fromkeys(epochs, 0.0)  # each baseline's whole epoch
+        self.during_ours = 0.0  # the part of it spent inside our epoch's clock
+        self.totals: dict[str, torch.Tensor] = {}
+
+    def on_step(self, state: TrainingState, loss: torch.Tensor) -> None:
+        for name in self.epochs:
+            seconds = timed(lambda: self._advance(name), self.device)
+            self.seconds[name] += seconds
+            self.during_ours += seconds
+
+    def on_epoch_end(self, state: TrainingState) -> None:
+        for name in self.epochs:
+            self.seconds[name] += timed(lambda: self._finish(name), self.device)
+
+    def _advance(self, name: str) -> None:
+        self.totals[name] = next(self.epochs[name])
+
+    def _finish(self, name: str) -> float:
+        """The rest of a baseline's epoch (no batch: both sides take the same batches) and its one read
+        of the epoch's loss, as a plain loop ends an epoch."""
+        for total in self.epochs[name]:
+            self.totals[name] = total
+        return self.totals[name].item()
+
+
 def epoch_case(settings: Settings, objective: str, batch_size: int) -> dict[str, Any]:
-    """One epoch through ``fit`` against one epoch of the baseline, both from the same weights (no
-    peak memory: ours' would be the whole ``fit`` call's, loading the dataset included; the step
-    case measures a training step's)."""
+    """One epoch through ``fit`` with the baselines' epochs interleaved batch by batch
+    (:class:`BaselineSteps`), all from the same weights. Our epoch's time is its wall time from the
+    history less the baselines' batches run inside it (so building the run and the evaluation after
+    the epoch are left out). ``train.compile``'s epoch, where the objective compiles, is paired with
+    a baseline epoch of its own. No peak memory: ours' would be the whole ``fit`` call's, loading the
+    dataset included; the step case measures a training step's."""
     config = bench_config(settings, objective, batch_size)
     setup = build(config)
     train_x, device = setup.dataset.train, setup.device
     weights = plain_copy(setup).state_dict()
+    warm_up(setup)
 
-    def ours(config: Config) -> Callable[[], float]:
-        def run() -> float:
-            with contextlib.redirect_stderr(io.StringIO()):  # the progress bar is drawn, into a buffer
-                return fit(config, figures=False).history[0]["epoch_seconds"]
-        return run
+    def plain_epoch(fused: bool) -> Iterator[torch.Tensor]:
+        plain = plain_copy(setup)
+        plain.load_state_dict(weights)
+        optimizer = plain_adam(plain, config.optim.lr, fused)
+        generator = torch.Generator(device).manual_seed(config.seed)  # its draws stay on the device, as ours do
+        return baseline.epoch_steps(plain, optimizer, baseline.LOSSES[objective], train_x, batch_size, generator)
 
-    def plain_epoch(fused: bool) -> Callable[[], float]:
-        def run() -> float:
-            plain = plain_copy(setup)
-            plain.load_state_dict(weights)
-            optimizer = plain_adam(plain, config.optim.lr, fused)
-            generator = torch.Generator(device).manual_seed(config.seed)  # its draws stay on the device, as ours do
-            return timed(lambda: baseline.train_epoch(plain, optimizer, baseline.LOSSES[objective], train_x,
-                                                      batch_size, generator), device)
-        return run
-
-    runs = {"ours": ours(config)}
+    variants = {"ours": config}
     if OBJECTIVES.get(objective)(**config.objective.options).compile():  # train.compile: true, where it compiles
-        runs["ours_compiled"] = ours(replace(config, train=replace(config.train, compile=True)))
-    runs.update({name: plain_epoch(fused) for name, fused in baselines(device).items()})
-    return interleave(runs, train_x.shape[0], settings.epoch_repeats, device,
-                      warm_up=False)  # an epoch is long: the first one's one-off costs hardly count
+        variants["ours_compiled"] = replace(config, train=replace(config.train, compile=True))
+    seconds: dict[str, list[float]] = {name: [] for name in [*variants, *baselines(device)]}
+    paired: dict[str, list[float]] = {name: [] for name in variants}  # the default baseline's, in the same fit
+    for _ in range(settings.epoch_repeats):
+        for name, variant in variants.items():
+            interleaved = BaselineSteps({side: plain_epoch(fused) for side, fused in baselines(device).items()
+                                         if name == "ours" or side == "baseline"}, device)
+            with contextlib.redirect_stderr(io.StringIO()):  # the progress bar is drawn, into a buffer
+                run = fit(variant, figures=False, callbacks=[interleaved])
+            seconds[name].append(run.history[0]["epoch_seconds"] - interleaved.during_ours)
+            paired[name].append(interleaved.seconds["baseline"])
+            if name == "ours":
+                for side, side_seconds in interleaved.seconds.items():
+                    seconds[side].append(side_seconds)
+    work = train_x.shape[0]
+    result = {name: Side(values, work).summary() for name, values in seconds.items()}
+    for name in variants:
+        result[name].update(ratio=paired_ratio(paired[name], seconds[name]), baseline_seconds=paired[name])
+    if "baseline_fused_adam" in result:
+        result["baseline_fused_adam"]["ratio"] = paired_ratio(seconds["baseline"], seconds["baseline_fused_adam"])
+    return result
+
+
+def warm_up(setup: Setup) -> None:
+    """One unmeasured Adam step: a process's first optimizer step imports ``torch._dynamo`` (1.2 to
+    1.5 s, once per process), which would otherwise fall on whichever side steps first."""
+    plain = plain_copy(setup)
+    plain_adam(plain, setup.config.optim.lr).step()
 
 
 def log_likelihood_case(settings: Settings) -> dict[str, Any]:
-    """Importance-sampled log p(x) of the first ``test_points`` test images, K = ``num_samples``."""
+    """Importance-sampled log p(x) of the first ``test_points`` test images, K = ``num_samples``, 100
+    datapoints at a time: each call of ours and the baseline's sampler gets one such chunk, and the
+    sides take turns chunk by chunk, in the opposite order on every other chunk (the same interleaving
+    as the epoch case's, for the same reason; the order within a turn moved the ratio by 4 %). Ours
+    pays its per-call set-up once per chunk."""
     setup = build(bench_config(settings, "meanfield", 100))
     vae, plain = setup.vae, plain_copy(setup)
     x = evaluation_split(setup.dataset, "test")[:settings.test_points]
-    estimates: dict[str, torch.Tensor] = {}
 
-    def ours(psis: bool):
-        def run() -> float:
-            def sample() -> None:
-                with warnings.catch_warnings():  # untrained weights: k̂ is high, and only the time matters here
-                    warnings.simplefilter("ignore", DiagnosticWarning)
-                    estimates["ours"] = importance_sample(vae.model, vae.guide, x, num_samples=settings.num_samples,
-                                                          psis=psis).log_likelihood
-            return timed(sample, setup.device)
-        return run
+    def ours(psis: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+        def sample(chunk: torch.Tensor) -> torch.Tensor:
+            with warnings.catch_warnings():  # untrained weights: k̂ is high, and only the time matters here
+                warnings.simplefilter("ignore", DiagnosticWarning)
+                return importance_sample(vae.model, vae.guide, chunk, num_samples=settings.num_samples,
+                                         batch_size=LOG_LIKELIHOOD_CHUNK, psis=psis).log_likelihood
+        return sample
 
-    def plain_sampler() -> float:
-        def sample() -> None:
-            estimates["baseline"] = baseline.importance_log_likelihood(plain, x, settings.num_samples)
-        return timed(sample, setup.device)
-
-    result = interleave({"ours": ours(False), "ours_psis": ours(True), "baseline": plain_sampler},
-                        x.shape[0], settings.log_likelihood_repeats, setup.device)
-    result["mean_log_likelihood"] = {name: value.mean().item() for name, value in estimates.items()}
+    samplers = {"ours": ours(False), "ours_psis": ours(True),
+                "baseline": lambda chunk: baseline.importance_log_likelihood(plain, chunk, settings.num_samples,
+                                                                             batch_size=LOG_LIKELIHOOD_CHUNK)}
+    sides = {name: Side(work=x.shape[0]) for name in samplers}
+    for name, sample in samplers.items():  # also takes the first call's one-off costs out of the timings
+        sides[name].peak_memory_mb = peak_memory_mb(lambda: sample(x[:LOG_LIKELIHOOD_CHUNK]), setup.device)
+    order = list(samplers)
+    for _ in range(settings.log_likelihood_repeats):
+        estimates: dict[str, list[torch.Tensor]] = {name: [] for name in samplers}
+        for name in samplers:
+            sides[name].seconds.append(0.0)
+        for index, chunk in enumerate(x.split(LOG_LIKELIHOOD_CHUNK)):
+            for name in order if index % 2 == 0 else order[::-1]:
+                sides[name].seconds[-1] += timed(lambda: estimates[name].append(samplers[name](chunk)), setup.device)
+    reference = sides["baseline"].seconds
+    result = {name: {**side.summary(), **({} if name == "baseline" else {"ratio": paired_ratio(reference, side.seconds)})}
+              for name, side in sides.items()}
+    result["mean_log_likelihood"] = {name: torch.cat(values).mean().item() for name, values in estimates.items()}
     result["psis_overhead"] = 1 / paired_ratio(result["ours"]["seconds"], result["ours_psis"]["seconds"]) - 1
     return result
 

@@ -1,8 +1,9 @@
 """Measuring two implementations of the same work fairly on a shared machine: interleaved repetitions,
 medians, peak memory, and a description of the machine.
 
-Interleaving (ours, baseline, ours, baseline, ...) makes a change of load on the machine hit both
-sides alike, so their ratio stays meaningful when the absolute times do not.
+Interleaving (ours, baseline, baseline, ours, ...) makes a change of load on the machine hit both
+sides alike, so their ratio stays meaningful when the absolute times do not; every other round runs
+the sides in the opposite order, so that neither always runs after the other.
 """
 
 from __future__ import annotations
@@ -74,21 +75,19 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleave(runs: dict[str, Run], work: float, repeats: int, device: torch.device,
-               warm_up: bool = True) -> dict[str, Any]:
-    """Run each of ``runs`` (one of them named ``baseline``) in turn, ``repeats`` rounds; ``work`` is the
-    datapoints one repetition processes. With ``warm_up``, one unmeasured run each comes first and
-    measures the peak memory; without (runs too long to repeat), no peak memory is measured.
-    Returns each run's summary and, beside each run but the baseline, its ``ratio``: its throughput
+def interleave(runs: dict[str, Run], work: float, repeats: int, device: torch.device) -> dict[str, Any]:
+    """Run each of ``runs`` (one of them named ``baseline``) in turn, ``repeats`` rounds, the order
+    reversed every other round; ``work`` is the datapoints one repetition processes. One unmeasured
+    run each comes first and measures the peak memory. Returns each run's summary and, beside each run but the baseline, its ``ratio``: its throughput
     / the baseline's, the median over the rounds of each round's ratio (a paired estimate: a slow
     spell of the machine that hits one round hits both of its sides)."""
     sides = {name: Side(work=work) for name in runs}
-    if warm_up:
-        for name, run in runs.items():
-            sides[name].peak_memory_mb = peak_memory_mb(run, device)
-    for _ in range(repeats):
-        for name, run in runs.items():
-            sides[name].seconds.append(run())
+    for name, run in runs.items():
+        sides[name].peak_memory_mb = peak_memory_mb(run, device)
+    order = list(runs)
+    for index in range(repeats):
+        for name in order if index % 2 == 0 else order[::-1]:
+            sides[name].seconds.append(runs[name]())
     reference = sides["baseline"].seconds
     return {name: {**side.summary(), **({} if name == "baseline" else {"ratio": paired_ratio(reference, side.seconds)})}
             for name, side in sides.items()}

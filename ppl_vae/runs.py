@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pyro
 import torch
@@ -81,7 +81,7 @@ class Run:
 
 def fit(
     config: Config, out_dir: str | Path | None = None, resume: bool = False, overwrite: bool = False,
-    figures: bool = True,
+    figures: bool = True, callbacks: Sequence[Callback] = (),
 ) -> Run:
     """Train a VAE as ``config`` says, writing the run directory ``out_dir`` if one is given.
 
@@ -89,7 +89,9 @@ def fit(
     checkpoint's model, data, seed, objective and optimizer (:data:`RESUME_FIXED`); ``train.epochs``
     may be raised to train longer and ``optim.lr`` changed. A fresh run refuses an ``out_dir`` that
     already holds a run unless ``overwrite=True``, which replaces it. ``figures=False`` leaves out
-    the run's figures (experiments draw their own). Returns the :class:`Run`.
+    the run's figures (experiments draw their own). ``callbacks``
+    (:class:`~ppl_vae.training.callbacks.Callback`) are told of every step and epoch after the
+    run's own (progress bar, evaluation, checkpoints, ...), on every process. Returns the :class:`Run`.
     Ctrl-C saves a checkpoint and raises :class:`~ppl_vae.errors.TrainingInterrupted` (a KeyboardInterrupt).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1), or in a process group already joined, this is one
@@ -120,7 +122,8 @@ def fit(
         vae, objective, dataset = setup.vae, setup.objective, setup.dataset
         svi = SVI(vae.model, vae.guide, setup.optimizer, loss=objective,
                   loss_and_grads=processes.loss_and_grads(objective.loss_and_grads))
-        train(svi, objective, setup.schedule, batches, config.train.epochs, state, _callbacks(setup, out_dir, processes))
+        train(svi, objective, setup.schedule, batches, config.train.epochs, state,
+              [*_callbacks(setup, out_dir, processes), *callbacks])
     run = Run(config, vae, dataset, objective, state.history, out_dir=out_dir)
     if not processes.writes:
         return run

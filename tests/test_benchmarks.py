@@ -4,6 +4,7 @@ against computes the same bounds as ppl_vae's objectives (the numbers of the tim
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ sits beside the package, not in it
 from benchmarks import baseline  # noqa: E402
 from benchmarks.__main__ import main, markdown  # noqa: E402
-from benchmarks.cases import Settings, bench_config, plain_copy  # noqa: E402
+from benchmarks.cases import BaselineSteps, Settings, bench_config, plain_copy  # noqa: E402
 from ppl_vae.build import build  # noqa: E402
 from ppl_vae.evaluation import evaluate_elbo  # noqa: E402
 from ppl_vae.objectives.traces import PlateLayout, log_weights  # noqa: E402
@@ -20,7 +21,7 @@ from ppl_vae.objectives.traces import PlateLayout, log_weights  # noqa: E402
 
 def test_quick_run_writes_ratios_and_memory(tmp_path):
     out = tmp_path / "results.json"
-    assert main(["--quick", "--only", "step", "log_likelihood", "--out", str(out)]) == 0
+    assert main(["--quick", "--only", "step", "epoch", "log_likelihood", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["machine"]["cpu_cores"] >= 1 and "torch" in report["machine"]
     step = report["results"]["step elbo batch 128"]
@@ -32,6 +33,38 @@ def test_quick_run_writes_ratios_and_memory(tmp_path):
     assert abs(means["ours"] - means["baseline"]) < 0.05 * abs(means["baseline"])
     row = next(line for line in markdown(report).splitlines() if line.startswith("| step elbo batch 128 |"))
     assert f"| {step['ours']['ratio']:.2f} | one round |" in row  # one round: no spread to show
+    epoch = report["results"]["epoch elbo batch 128"]
+    assert set(epoch) == {"ours", "ours_compiled", "baseline", "baseline_fused_adam"}
+    for side in ("ours", "ours_compiled"):  # each fit is paired with the baseline epoch run inside it
+        assert len(epoch[side]["baseline_seconds"]) == len(epoch[side]["seconds"]) == 1
+        assert epoch[side]["ratio"] == pytest.approx(epoch[side]["baseline_seconds"][0] / epoch[side]["seconds"][0])
+    assert epoch["baseline"]["seconds"] == epoch["ours"]["baseline_seconds"]
+
+
+def test_baseline_steps_run_one_batch_after_each_of_ours_and_time_them_apart():
+    """Each of ours' steps advances every baseline epoch by one batch; the time of those batches is
+    what is taken out of our epoch's clock, and the end of the epoch (its one read) is not."""
+    class State:  # the callback reads nothing from the training state
+        pass
+
+    batches = {"baseline": [], "baseline_fused_adam": []}
+
+    def epoch(name):
+        for index in range(3):
+            time.sleep(0.01)
+            batches[name].append(index)
+            yield torch.tensor(float(index))
+
+    interleaved = BaselineSteps({name: epoch(name) for name in batches}, torch.device("cpu"))
+    for step in range(3):
+        interleaved.on_step(State(), torch.tensor(0.0))
+        assert all(len(done) == step + 1 for done in batches.values())
+    during = interleaved.during_ours
+    interleaved.on_epoch_end(State())
+    assert interleaved.during_ours == during >= 0.06  # six batches of at least 10 ms
+    assert all(seconds >= 0.03 for seconds in interleaved.seconds.values())
+    assert sum(interleaved.seconds.values()) >= during
+    assert interleaved.totals == {name: torch.tensor(2.0) for name in batches}
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Training on the embedded digits: it learns, it is reproducible, the run directory is complete."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ import torch
 from ppl_vae.cli import main
 from ppl_vae.config import from_dict
 from ppl_vae.runs import fit
+from ppl_vae.training import Callback
 
 QUICK = {"train": {"epochs": 6, "eval_every": 3, "checkpoint_every": 3, "progress": False},
          "model": {"latent_dim": 2}, "optim": {"lr": 0.003}}
@@ -34,6 +36,27 @@ def test_same_seed_gives_the_same_numbers(quick_run, tmp_path):
     ]
     for name, tensor in quick_run.vae.state_dict().items():
         torch.testing.assert_close(again.vae.state_dict()[name], tensor, rtol=0, atol=0)
+
+
+def test_fit_tells_extra_callbacks_of_every_step_and_epoch(tmp_path):
+    class Recorder(Callback):
+        def __init__(self):
+            self.losses, self.epochs = [], []
+
+        def on_step(self, state, loss):
+            self.losses.append((state.step, float(loss)))
+
+        def on_epoch_end(self, state):
+            self.epochs.append((state.epoch, dict(state.history[-1])))
+
+    recorder = Recorder()
+    run = fit(from_dict({**QUICK, "train": {**QUICK["train"], "epochs": 2}}), callbacks=[recorder])
+    steps_per_epoch = -(-run.dataset.train.shape[0] // run.config.data.batch_size)
+    assert [step for step, _ in recorder.losses] == list(range(1, 2 * steps_per_epoch + 1))
+    assert all(math.isfinite(loss) for _, loss in recorder.losses)
+    # told after the run's own callbacks: the evaluation's numbers are already in the epoch's record
+    assert recorder.epochs == [(1, run.history[0]), (2, run.history[1])]
+    assert "test_elbo" in recorder.epochs[-1][1]
 
 
 def test_history_terms_add_up(quick_run):
