@@ -4,6 +4,7 @@ exactly (CPU, one thread: bit-for-bit the same parameters as an uninterrupted ru
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import signal
@@ -27,7 +28,13 @@ from ppl_vae.errors import CheckpointError, TrainingError, TrainingInterrupted
 from ppl_vae.parts.nets import NETS, mlp
 from ppl_vae.build import build_optimizer as make_optimizer
 from ppl_vae.runs import fit
+from ppl_vae import runs
+from ppl_vae.build import build
+from ppl_vae.data import batches as data_batches
+from ppl_vae.runs import save_run_state
 from ppl_vae.training import loop
+from ppl_vae.training.callbacks import NonFiniteGuard, non_finite_parameters
+from ppl_vae.training.state import TrainingState
 
 QUICK = {"device": "cpu", "train": {"epochs": 3, "eval_every": 1, "checkpoint_every": 1, "progress": False},
          "optim": {"lr": 0.003}}  # exact resume is promised on CPU
@@ -75,9 +82,11 @@ def without_timings(history: list[dict]) -> list[dict]:
     ("inf_gradient", r"a gradient became NaN or Inf at step 20 \(epoch 2, batch 5\): the loss was finite "
                      r"\(-?[0-9.]+\) but the update made .*decoder\.0\.weight.* non-finite\. Likely cause: exploding"),
 ])
+@pytest.mark.parametrize("check_every", [None, 4])  # the default (every step's loss, on the CPU) and a GPU's
 def test_non_finite_loss_or_gradient_stops_at_its_step_and_keeps_the_checkpoint(
-    fault, message, faulty_net, tmp_path, capsys
+    fault, message, check_every, faulty_net, tmp_path, capsys, monkeypatch
 ):
+    monkeypatch.setattr(runs, "NonFiniteGuard", functools.partial(NonFiniteGuard, check_every=check_every))
     faulty = {**QUICK, "model": {"decoder": {"name": "test-faulty", "at_call": 20, "fault": fault}}}
     with pytest.raises(TrainingError, match=message):
         fit(from_dict(faulty), tmp_path / "run")  # 15 steps per epoch: step 20 is in epoch 2
@@ -88,6 +97,39 @@ def test_non_finite_loss_or_gradient_stops_at_its_step_and_keeps_the_checkpoint(
     assert main(["train", "--out", str(tmp_path / "cli"), "--set", "train.progress=false",
                  "--set", f"model.decoder={{name: test-faulty, at_call: 3, fault: {fault}}}"]) == 2
     assert "at step 3 (epoch 1, batch 3)" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN")
+@pytest.mark.parametrize("fault, at_step, message", [
+    ("nan_output", 20, "the loss became nan at step 20 (epoch 2, batch 5)"),
+    ("inf_gradient", 20, "a gradient became NaN or Inf at step 20 (epoch 2, batch 5)"),
+    ("inf_gradient", 15, "a gradient became NaN or Inf at step 15 (epoch 1, batch 15)"),  # an epoch's last update
+])
+def test_a_non_finite_step_leaves_the_parameters_as_the_guard_found_them(fault, at_step, message, faulty_net):
+    """On the CPU the loss is read before its update: a NaN loss never reaches the parameters, and the
+    update that made them non-finite is named exactly, also when it was an epoch's last."""
+    config = from_dict({**QUICK, "model": {"decoder": {"name": "test-faulty", "at_call": at_step, "fault": fault}}})
+    setup = build(config)
+    svi = SVI(setup.vae.model, setup.vae.guide, setup.optimizer, loss=setup.objective,
+              loss_and_grads=setup.objective.loss_and_grads)
+    state = TrainingState(torch.Generator().manual_seed(config.seed))
+    batches = lambda generator: ((batch,) for batch in data_batches(setup.dataset.train, 100, generator))  # noqa: E731
+    with pytest.raises(TrainingError) as raised:
+        loop.train(svi, setup.objective, setup.schedule, batches, 3, state, [NonFiniteGuard(setup.vae)])
+    assert message in str(raised.value)
+    broken = non_finite_parameters(setup.vae)
+    assert broken == [] if fault == "nan_output" else "decoder.0.weight" in broken
+
+
+def test_a_checkpoint_never_holds_a_non_finite_parameter(tmp_path):
+    run = fit(from_dict({**QUICK, "train": {**QUICK["train"], "epochs": 1}}), tmp_path)
+    saved = (tmp_path / "checkpoint.pt").read_bytes()
+    with torch.no_grad():
+        run.vae.decoder[0].bias[3] = float("inf")
+    setup = replace(build(run.config), vae=run.vae)
+    with pytest.raises(TrainingError, match=r"made decoder\.0\.bias non-finite .* no checkpoint was saved"):
+        save_run_state(tmp_path, setup, TrainingState(torch.Generator()))
+    assert (tmp_path / "checkpoint.pt").read_bytes() == saved
 
 
 @pytest.mark.parametrize("clip_norm, clipped", [(None, [30.0, 40.0]), (100.0, [30.0, 40.0]), (5.0, [3.0, 4.0])])
@@ -144,8 +186,8 @@ def test_checkpoint_of_another_model_is_refused(finished_run, capsys):
 
 
 def interrupt_at(call: int):
-    """The training loop's SVI step, sending this process SIGINT (Ctrl-C) as its ``call``-th step begins."""
-    step, calls = loop.svi_step, itertools.count(1)
+    """The training loop's loss and gradients, sending this process SIGINT (Ctrl-C) as its ``call``-th step begins."""
+    step, calls = loop.loss_and_grads, itertools.count(1)
 
     def interrupted_step(svi, *args, **kwargs):
         if next(calls) == call:
@@ -163,7 +205,7 @@ def test_ctrl_c_saves_mid_epoch_and_resumes_exactly(dataset, monkeypatch, tmp_pa
                         "train": {**QUICK["train"], "checkpoint_every": 3}})
     straight = fit(config)
     with monkeypatch.context() as patch:
-        patch.setattr(loop, "svi_step", interrupt_at(20))
+        patch.setattr(loop, "loss_and_grads", interrupt_at(20))
         with pytest.raises(TrainingInterrupted) as stop:
             fit(config, tmp_path)
     assert stop.value.checkpoint == str(tmp_path / "checkpoint.pt")

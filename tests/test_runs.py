@@ -246,7 +246,7 @@ def test_a_step_out_of_memory_names_the_settings_that_size_it(error, becomes, mo
     def step(svi, *args, **kwargs):
         raise error
 
-    monkeypatch.setattr(loop, "svi_step", step)
+    monkeypatch.setattr(loop, "loss_and_grads", step)
     with pytest.raises(becomes) as raised:
         fit(from_dict(tiny(objective={"name": "elbo", "num_particles": 7})))
     if becomes is TrainingError:

@@ -1,7 +1,8 @@
 """What happens around the training loop's steps, one job per callback: the progress bar, the stop on
 a non-finite loss or gradient, the per-epoch evaluation, checkpoints, and Ctrl-C.
 
-A callback is told ``on_train_start``, ``on_step`` (after every SVI step, with its loss),
+A callback is told ``on_train_start``, ``on_before_update`` (after a step's loss and gradients,
+before the optimizer changes the parameters), ``on_step`` (after every SVI step, with its loss),
 ``on_step_error`` (when a step raises a RuntimeError, before it propagates; a callback may raise a
 clearer error instead),
 ``on_epoch_end`` (after the epoch's history record is appended; callbacks may add to it) and
@@ -41,6 +42,11 @@ class Callback:
 
     def on_train_start(self, state: TrainingState) -> None:
         """Before the first step of this session."""
+
+    def on_before_update(self, state: TrainingState, loss: torch.Tensor) -> None:
+        """After a step's loss and gradients, before the parameters are updated (``state`` still counts
+        the steps before this one); raising here stops training with the parameters unchanged.
+        ``loss`` is as in :meth:`on_step`."""
 
     def on_step(self, state: TrainingState, loss: torch.Tensor) -> None:
         """After every SVI step; ``loss`` is the step's loss, a detached 0-dim tensor on the device
@@ -92,14 +98,19 @@ class ProgressBar(Callback):
 class NonFiniteGuard(Callback):
     """Stop at the step where the loss, or a gradient, stopped being finite.
 
-    SVI zeroes the gradients after its update, so a NaN or Inf gradient is caught by its trace: the
-    parameters it made non-finite (Adam and Adagrad turn an Inf gradient into a NaN update).
+    A non-finite gradient shows in the parameters its update made non-finite (Adam and Adagrad turn
+    an Inf gradient into a NaN update), and from the next step on in the loss. Either way the error
+    names the first step that went wrong, before any evaluation or checkpoint.
 
-    Each step's loss and sum of the parameters are kept on the device and read every
-    ``check_every`` steps and at every epoch's end, before any evaluation or checkpoint (default:
-    every step on the CPU, where reading costs nothing; every :data:`CHECK_EVERY_ON_ACCELERATOR`
-    steps on a GPU, so that training does not wait for the device after each step). The error names
-    the first step that went wrong either way."""
+    Where reading a number off the device costs nothing (``check_every=1``, the default on the CPU),
+    each step's loss is read before its update: a non-finite loss stops training with the parameters
+    unchanged, which tells which it was. Parameters that are already non-finite then were broken by
+    the previous step's update; finite ones mean this step's forward pass overflowed. The parameters
+    are also checked at every epoch's end, for an update in its last step. Nothing is summed per step.
+
+    On a GPU (default ``check_every`` :data:`CHECK_EVERY_ON_ACCELERATOR`) each step's loss and sum of
+    the parameters are kept on the device and read every ``check_every`` steps and at every epoch's
+    end, so that training does not wait for the device after each step."""
 
     def __init__(self, module: nn.Module, check_every: int | None = None) -> None:
         self.module = module
@@ -107,17 +118,38 @@ class NonFiniteGuard(Callback):
         on_cpu = not self.parameters or self.parameters[0].device.type == "cpu"
         self.check_every = check_every or (1 if on_cpu else CHECK_EVERY_ON_ACCELERATOR)
         self.pending: list[tuple[str, torch.Tensor]] = []  # (where, [loss, sum of the parameters])
+        self.last_update: tuple[tuple[int, int, int], float] | None = None  # (step, epoch, batch), its loss
+
+    def on_before_update(self, state: TrainingState, loss: torch.Tensor) -> None:
+        if self.check_every != 1:
+            return
+        step = (state.step + 1, state.epoch + 1, state.epoch_step + 1)  # the step about to update
+        value = loss.item()
+        if math.isfinite(value):
+            self.last_update = step, value
+            return
+        broken = non_finite_parameters(self.module)
+        if broken and self.last_update is not None:
+            raise _gradient_error(_where(*self.last_update[0]), self.last_update[1], broken)
+        raise _loss_error(_where(*step), value)
 
     def on_step(self, state: TrainingState, loss: torch.Tensor) -> None:
-        where = f"at step {state.step} (epoch {state.epoch + 1}, batch {state.epoch_step})"
+        if self.check_every == 1:
+            return
         with torch.no_grad():  # one sum of sums: a NaN or Inf anywhere makes it non-finite
             total = torch.stack([parameter.sum() for parameter in self.parameters]).sum()
+            where = _where(state.step, state.epoch + 1, state.epoch_step)
             self.pending.append((where, torch.stack([loss.to(total.dtype), total])))
         if len(self.pending) >= self.check_every:
             self._check()
 
     def on_epoch_end(self, state: TrainingState) -> None:
-        self._check()
+        if self.check_every != 1:
+            self._check()
+            return
+        broken = non_finite_parameters(self.module)
+        if broken and self.last_update is not None:  # every loss was finite: the epoch's last update
+            raise _gradient_error(_where(*self.last_update[0]), self.last_update[1], broken)
 
     def _check(self) -> None:
         """Read the pending steps' numbers (one host sync) and raise at the first non-finite one."""
@@ -128,20 +160,35 @@ class NonFiniteGuard(Callback):
         self.pending = []
         for where, (loss, total) in zip(places, values):
             if not math.isfinite(loss):
-                raise TrainingError(
-                    f"the loss became {loss} {where}. Likely causes: a learning rate too high (lower optim.lr), "
-                    "exploding activations (set optim.clip_norm, e.g. 10) or a likelihood that does not fit the "
-                    "data. Training stopped; the last checkpoint is kept intact."
-                )
-            broken = [] if math.isfinite(total) else [
-                name for name, parameter in self.module.named_parameters() if not bool(parameter.isfinite().all())
-            ]  # empty if the sum only overflowed
+                raise _loss_error(where, loss)
+            broken = [] if math.isfinite(total) else non_finite_parameters(self.module)  # empty if the sum overflowed
             if broken:
-                raise TrainingError(
-                    f"a gradient became NaN or Inf {where}: the loss was finite ({loss:.6g}) but the update made "
-                    f"{', '.join(broken)} non-finite. Likely cause: exploding gradients; set optim.clip_norm "
-                    "(e.g. 10) or lower optim.lr. Training stopped; the last checkpoint is kept intact."
-                )
+                raise _gradient_error(where, loss, broken)
+
+
+def non_finite_parameters(module: nn.Module) -> list[str]:
+    """The names of ``module``'s parameters with a NaN or Inf anywhere."""
+    return [name for name, parameter in module.named_parameters() if not bool(parameter.isfinite().all())]
+
+
+def _where(step: int, epoch: int, batch: int) -> str:
+    return f"at step {step} (epoch {epoch}, batch {batch})"
+
+
+def _loss_error(where: str, loss: float) -> TrainingError:
+    return TrainingError(
+        f"the loss became {loss} {where}. Likely causes: a learning rate too high (lower optim.lr), exploding "
+        "activations (set optim.clip_norm, e.g. 10) or a likelihood that does not fit the data. Training stopped; "
+        "the last checkpoint is kept intact."
+    )
+
+
+def _gradient_error(where: str, loss: float, broken: list[str]) -> TrainingError:
+    return TrainingError(
+        f"a gradient became NaN or Inf {where}: the loss was finite ({loss:.6g}) but the update made "
+        f"{', '.join(broken)} non-finite. Likely cause: exploding gradients; set optim.clip_norm (e.g. 10) or lower "
+        "optim.lr. Training stopped; the last checkpoint is kept intact."
+    )
 
 
 class OutOfMemory(Callback):

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ppl_vae.errors import CheckpointError
+from ppl_vae.errors import CheckpointError, TrainingError
+from ppl_vae.training.callbacks import non_finite_parameters
 
 if TYPE_CHECKING:
     from pyro.optim import PyroOptim
@@ -80,7 +81,17 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 def snapshot(config: dict[str, Any], state: TrainingState, module: nn.Module, optimizer: PyroOptim,
              objective: Objective) -> dict[str, Any]:
-    """The contents of a checkpoint: the config (as a plain dict) and the state of every object."""
+    """The contents of a checkpoint: the config (as a plain dict) and the state of every object. A
+    TrainingError instead if a parameter is NaN or Inf: no checkpoint ever holds one (an update that
+    :class:`~ppl_vae.training.callbacks.NonFiniteGuard` has not seen yet, as when Ctrl-C stops
+    training right after it, could otherwise be saved)."""
+    broken = non_finite_parameters(module)
+    if broken:
+        raise TrainingError(
+            f"the update of step {state.step} made {', '.join(broken)} non-finite (a gradient became NaN or Inf), so "
+            "no checkpoint was saved; the last one is kept intact. Likely cause: exploding gradients; set "
+            "optim.clip_norm (e.g. 10) or lower optim.lr."
+        )
     return {"config": config, "training": state.state_dict(), "module": module.state_dict(),
             "optimizer": optimizer.get_state(), "objective": objective.state_dict()}
 

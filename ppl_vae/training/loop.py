@@ -35,17 +35,28 @@ Batches = Callable[[torch.Generator], Iterable[tuple[torch.Tensor, ...]]]
 
 def svi_step(svi: SVI, *args: Any, **kwargs: Any) -> torch.Tensor:
     """``svi.step(*args, **kwargs)`` without reading the loss off the device: the same gradient step
-    (``svi.loss_and_grads``, then the optimizer on every parameter the model and guide used),
-    returning the loss as a detached 0-dim tensor. The gradients are then set to None, not to zero
-    tensors: the next backward pass writes them instead of adding to zeros (ppl_vae's
-    :class:`~ppl_vae.training.optimizers.SharedOptim` treats None as Pyro's zero)."""
+    (:func:`loss_and_grads`, then :func:`update`), returning the loss as a detached 0-dim tensor."""
+    loss, params = loss_and_grads(svi, *args, **kwargs)
+    update(svi, params)
+    return loss
+
+
+def loss_and_grads(svi: SVI, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, set[torch.Tensor]]:
+    """The first half of an SVI step: ``svi.loss_and_grads`` on the arguments, returning the loss (a
+    detached 0-dim tensor, not read off the device) and the parameters the model and guide used."""
     with poutine.trace(param_only=True) as param_capture:
         loss = svi.loss_and_grads(svi.model, svi.guide, *args, **kwargs)
     params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
+    return (loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(loss)), params  # Pyro's ELBOs give floats
+
+
+def update(svi: SVI, params: set[torch.Tensor]) -> None:
+    """The second half: the optimizer updates ``params``, whose gradients are then set to None, not to
+    zero tensors: the next backward pass writes them instead of adding to zeros (ppl_vae's
+    :class:`~ppl_vae.training.optimizers.SharedOptim` treats None as Pyro's zero)."""
     svi.optim(params)
     for param in params:
         param.grad = None
-    return loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(loss)  # Pyro's own ELBOs give floats
 
 
 def validation(keep: bool) -> AbstractContextManager:
@@ -59,8 +70,8 @@ def train(
     callbacks: Sequence[Callback] = (), validate: bool = False,
 ) -> TrainingState:
     """Train until ``state.epoch == epochs``: each batch (a tuple of the model's data arguments) is one
-    ``svi.step(*batch, kl_weight=β)``, β from ``schedule``; callbacks are told after every step and epoch,
-    and of a step that raised a RuntimeError. Validation is on for the session's first step only,
+    ``svi.step(*batch, kl_weight=β)``, β from ``schedule``; callbacks are told before every update (with
+    the step's loss), after every step and epoch, and of a step that raised a RuntimeError. Validation is on for the session's first step only,
     unless ``validate``."""
     first_step = state.step
     try:
@@ -72,7 +83,10 @@ def train(
                 state.beta = schedule(state.step, state.epoch)
                 try:
                     with validation(validate or state.step == first_step):
-                        loss = svi_step(svi, *batch, kl_weight=state.beta)
+                        loss, params = loss_and_grads(svi, *batch, kl_weight=state.beta)
+                    for callback in callbacks:
+                        callback.on_before_update(state, loss)
+                    update(svi, params)
                 except RuntimeError as error:  # e.g. out of memory: a callback may raise a clearer error
                     for callback in callbacks:
                         callback.on_step_error(state, error)
