@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import shutil
 import statistics
 import subprocess
@@ -40,7 +41,7 @@ import torch
 from pyro.infer import SVI
 
 from benchmarks import baseline
-from benchmarks.timing import Side, interleave, paired_ratio, peak_memory_mb, timed
+from benchmarks.timing import Side, interleave, paired_ratio, timed
 from ppl_vae.build import Setup, build, build_optimizer, check
 from ppl_vae.config import Config, load_config
 from ppl_vae.data import evaluation_split
@@ -105,32 +106,32 @@ def baselines(device: torch.device) -> dict[str, bool]:
 
 
 def step_case(settings: Settings, objective: str, batch_size: int) -> dict[str, Any]:
-    """``settings.steps`` training steps on one batch, ours and the baseline's."""
+    """Training steps on one batch, ours and the baseline's taking turns step by step,
+    ``settings.steps`` turns a round."""
     setup = build(bench_config(settings, objective, batch_size))
     svi = SVI(setup.vae.model, setup.vae.guide, setup.optimizer, loss=setup.objective,
               loss_and_grads=setup.objective.loss_and_grads)
     loss = baseline.LOSSES[objective]
     x = evaluation_split(setup.dataset, "train")[:batch_size]
 
-    def steps(svi: SVI) -> Callable[[], float]:
+    def step(svi: SVI) -> Callable[[], float]:
         def run() -> float:
             with pyro.validation_enabled(False):
-                return timed(lambda: [svi_step(svi, x, kl_weight=1.0) for _ in range(settings.steps)], setup.device)
+                return timed(lambda: svi_step(svi, x, kl_weight=1.0), setup.device)
         return run
 
-    def plain_steps(fused: bool) -> Callable[[], float]:
+    def plain_step(fused: bool) -> Callable[[], float]:
         plain = plain_copy(setup)
         optimizer = plain_adam(plain, setup.config.optim.lr, fused)
-        return lambda: timed(lambda: [baseline.train_step(plain, optimizer, loss, x) for _ in range(settings.steps)],
-                             setup.device)
+        return lambda: timed(lambda: baseline.train_step(plain, optimizer, loss, x), setup.device)
 
-    runs = {"ours": steps(svi)}
+    runs = {"ours": step(svi)}
     compiled = OBJECTIVES.get(objective)(**setup.config.objective.options)
     if compiled.compile():  # train.compile: true, where the objective has a compiled loss
-        runs["ours_compiled"] = steps(SVI(setup.vae.model, setup.vae.guide, build_optimizer(setup.config.optim),
-                                          loss=compiled, loss_and_grads=compiled.loss_and_grads))
-    runs.update({name: plain_steps(fused) for name, fused in baselines(setup.device).items()})
-    return interleave(runs, batch_size * settings.steps, settings.repeats, setup.device)
+        runs["ours_compiled"] = step(SVI(setup.vae.model, setup.vae.guide, build_optimizer(setup.config.optim),
+                                         loss=compiled, loss_and_grads=compiled.loss_and_grads))
+    runs.update({name: plain_step(fused) for name, fused in baselines(setup.device).items()})
+    return interleave(runs, batch_size * settings.steps, settings.repeats, setup.device, turns=settings.steps)
 
 
 class BaselineSteps(Callback):
@@ -219,11 +220,10 @@ def warm_up(setup: Setup) -> None:
 
 
 def log_likelihood_case(settings: Settings) -> dict[str, Any]:
-    """Importance-sampled log p(x) of the first ``test_points`` test images, K = ``num_samples``, 100
-    datapoints at a time: each call of ours and the baseline's sampler gets one such chunk, and the
-    sides take turns chunk by chunk, in the opposite order on every other chunk (the same interleaving
-    as the epoch case's, for the same reason; the order within a turn moved the ratio by 4 %). Ours
-    pays its per-call set-up once per chunk."""
+    """Importance-sampled log p(x) of the first ``test_points`` test images, K = ``num_samples``: each
+    call of ours and of the baseline's sampler takes the next 100 datapoints, and the sides take turns
+    chunk by chunk (with whole runs in turn, the order of the sides within a round moved the ratio by
+    4 %). Ours pays its per-call set-up (the plate layout, the data check) once per chunk."""
     setup = build(bench_config(settings, "meanfield", 100))
     vae, plain = setup.vae, plain_copy(setup)
     x = evaluation_split(setup.dataset, "test")[:settings.test_points]
@@ -239,21 +239,17 @@ def log_likelihood_case(settings: Settings) -> dict[str, Any]:
     samplers = {"ours": ours(False), "ours_psis": ours(True),
                 "baseline": lambda chunk: baseline.importance_log_likelihood(plain, chunk, settings.num_samples,
                                                                              batch_size=LOG_LIKELIHOOD_CHUNK)}
-    sides = {name: Side(work=x.shape[0]) for name in samplers}
-    for name, sample in samplers.items():  # also takes the first call's one-off costs out of the timings
-        sides[name].peak_memory_mb = peak_memory_mb(lambda: sample(x[:LOG_LIKELIHOOD_CHUNK]), setup.device)
-    order = list(samplers)
-    for _ in range(settings.log_likelihood_repeats):
-        estimates: dict[str, list[torch.Tensor]] = {name: [] for name in samplers}
-        for name in samplers:
-            sides[name].seconds.append(0.0)
-        for index, chunk in enumerate(x.split(LOG_LIKELIHOOD_CHUNK)):
-            for name in order if index % 2 == 0 else order[::-1]:
-                sides[name].seconds[-1] += timed(lambda: estimates[name].append(samplers[name](chunk)), setup.device)
-    reference = sides["baseline"].seconds
-    result = {name: {**side.summary(), **({} if name == "baseline" else {"ratio": paired_ratio(reference, side.seconds)})}
-              for name, side in sides.items()}
-    result["mean_log_likelihood"] = {name: torch.cat(values).mean().item() for name, values in estimates.items()}
+    chunks = x.split(LOG_LIKELIHOOD_CHUNK)
+    estimates: dict[str, list[torch.Tensor]] = {name: [] for name in samplers}
+
+    def run(name: str) -> Callable[[], float]:  # each call the next chunk, round after round
+        next_chunk = itertools.cycle(chunks).__next__
+        return lambda: timed(lambda: estimates[name].append(samplers[name](next_chunk())), setup.device)
+
+    result = interleave({name: run(name) for name in samplers}, x.shape[0], settings.log_likelihood_repeats,
+                        setup.device, turns=len(chunks))
+    result["mean_log_likelihood"] = {name: torch.cat(values[-len(chunks):]).mean().item()
+                                     for name, values in estimates.items()}
     result["psis_overhead"] = 1 / paired_ratio(result["ours"]["seconds"], result["ours_psis"]["seconds"]) - 1
     return result
 

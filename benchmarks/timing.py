@@ -1,9 +1,9 @@
 """Measuring two implementations of the same work fairly on a shared machine: interleaved repetitions,
 medians, peak memory, and a description of the machine.
 
-Interleaving (ours, baseline, baseline, ours, ...) makes a change of load on the machine hit both
-sides alike, so their ratio stays meaningful when the absolute times do not; every other round runs
-the sides in the opposite order, so that neither always runs after the other.
+Interleaving (ours, baseline, baseline, ours, ...) in short turns makes a change of speed of the
+machine hit both sides alike, so their ratio stays meaningful when the absolute times do not; every
+other turn runs the sides in the opposite order, so that neither always runs after the other.
 """
 
 from __future__ import annotations
@@ -75,19 +75,24 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleave(runs: dict[str, Run], work: float, repeats: int, device: torch.device) -> dict[str, Any]:
-    """Run each of ``runs`` (one of them named ``baseline``) in turn, ``repeats`` rounds, the order
-    reversed every other round; ``work`` is the datapoints one repetition processes. One unmeasured
-    run each comes first and measures the peak memory. Returns each run's summary and, beside each run but the baseline, its ``ratio``: its throughput
-    / the baseline's, the median over the rounds of each round's ratio (a paired estimate: a slow
-    spell of the machine that hits one round hits both of its sides)."""
+def interleave(runs: dict[str, Run], work: float, repeats: int, device: torch.device, turns: int = 1) -> dict[str, Any]:
+    """Run each of ``runs`` (one of them named ``baseline``) in turn: ``repeats`` rounds of ``turns``
+    turns, each side running once per turn, in the opposite order every other turn; a round's seconds
+    are the sum of its turns, and ``work`` is the datapoints one round of a side processes. Short
+    turns (one training step, one chunk of an evaluation) make a slow spell of a shared CPU, which
+    lasts seconds, fall on both sides alike. One unmeasured round of each side comes first (the
+    one-off costs of first calls, TorchScript's profiling runs) and measures its peak memory. Returns each run's summary and, beside each run but the baseline, its ``ratio``: its
+    throughput / the baseline's, the median over the rounds of each round's ratio."""
     sides = {name: Side(work=work) for name in runs}
     for name, run in runs.items():
-        sides[name].peak_memory_mb = peak_memory_mb(run, device)
+        sides[name].peak_memory_mb = peak_memory_mb(lambda: [run() for _ in range(turns)], device)
     order = list(runs)
-    for index in range(repeats):
-        for name in order if index % 2 == 0 else order[::-1]:
-            sides[name].seconds.append(runs[name]())
+    for _ in range(repeats):
+        for side in sides.values():
+            side.seconds.append(0.0)
+        for turn in range(turns):
+            for name in order if turn % 2 == 0 else order[::-1]:
+                sides[name].seconds[-1] += runs[name]()
     reference = sides["baseline"].seconds
     return {name: {**side.summary(), **({} if name == "baseline" else {"ratio": paired_ratio(reference, side.seconds)})}
             for name, side in sides.items()}
