@@ -3,7 +3,7 @@
 
 - ``step``: one SVI step (:func:`ppl_vae.training.loop.svi_step`, as ``train`` takes it after its
   first, validated step; also with the compiled loss of ``train.compile`` where the objective has
-  one) against one Adam step of the baseline, on the same batch; the sides take turns, 20 steps each;
+  one) against one Adam step of the baseline, on the same batch, the sides taking turns step by step;
 - ``epoch``: one full epoch through :func:`ppl_vae.runs.fit` (data pipeline, progress bar, callbacks
   and history included), also with ``train.compile`` where the objective has a compiled loss,
   against the baseline's epoch over the same data, the two interleaved batch by batch inside

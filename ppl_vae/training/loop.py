@@ -71,8 +71,8 @@ def train(
 ) -> TrainingState:
     """Train until ``state.epoch == epochs``: each batch (a tuple of the model's data arguments) is one
     ``svi.step(*batch, kl_weight=β)``, β from ``schedule``; callbacks are told before every update (with
-    the step's loss), after every step and epoch, and of a step that raised a RuntimeError. Validation is on for the session's first step only,
-    unless ``validate``."""
+    the step's loss), after every step and epoch, and of a step that raised a RuntimeError.
+    Validation is on for the session's first step only, unless ``validate``."""
     first_step = state.step
     try:
         for callback in callbacks:
