@@ -75,14 +75,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleave(runs: dict[str, Run], work: float, repeats: int, device: torch.device, turns: int = 1) -> dict[str, Any]:
+def interleave(runs: dict[str, Run], work: float, repeats: int, device: torch.device,
+               turns: int = 1) -> dict[str, Any]:
     """Run each of ``runs`` (one of them named ``baseline``) in turn: ``repeats`` rounds of ``turns``
     turns, each side running once per turn, in the opposite order every other turn; a round's seconds
     are the sum of its turns, and ``work`` is the datapoints one round of a side processes. Short
     turns (one training step, one chunk of an evaluation) make a slow spell of a shared CPU, which
     lasts seconds, fall on both sides alike. One unmeasured round of each side comes first (the
-    one-off costs of first calls, TorchScript's profiling runs) and measures its peak memory. Returns each run's summary and, beside each run but the baseline, its ``ratio``: its
-    throughput / the baseline's, the median over the rounds of each round's ratio."""
+    one-off costs of first calls, TorchScript's profiling runs) and measures its peak memory.
+    Returns each run's summary and, beside each run but the baseline, its ``ratio``: its throughput
+    / the baseline's, the median over the rounds of each round's ratio."""
     sides = {name: Side(work=work) for name in runs}
     for name, run in runs.items():
         sides[name].peak_memory_mb = peak_memory_mb(lambda: [run() for _ in range(turns)], device)

@@ -128,9 +128,7 @@ class NonFiniteGuard(Callback):
         if math.isfinite(value):
             self.last_update = step, value
             return
-        broken = non_finite_parameters(self.module)
-        if broken and self.last_update is not None:
-            raise _gradient_error(_where(*self.last_update[0]), self.last_update[1], broken)
+        self._check_parameters()  # broken already: by the previous step's update
         raise _loss_error(_where(*step), value)
 
     def on_step(self, state: TrainingState, loss: torch.Tensor) -> None:
@@ -147,8 +145,12 @@ class NonFiniteGuard(Callback):
         if self.check_every != 1:
             self._check()
             return
+        self._check_parameters()  # every loss was finite: only the epoch's last update can have broken them
+
+    def _check_parameters(self) -> None:
+        """Raise if a parameter is non-finite, naming the last update as the one that made it so."""
         broken = non_finite_parameters(self.module)
-        if broken and self.last_update is not None:  # every loss was finite: the epoch's last update
+        if broken and self.last_update is not None:
             raise _gradient_error(_where(*self.last_update[0]), self.last_update[1], broken)
 
     def _check(self) -> None:
