@@ -1,7 +1,7 @@
 """The benchmark cases: each runs ppl_vae's public path and the plain-PyTorch baseline
 (:mod:`benchmarks.baseline`) on the same network, batch, data and device, interleaved.
 
-- ``step``: one SVI step (:func:`ppl_vae.training.loop.svi_step`, as ``train`` takes it after its
+- ``step``: one SVI step (:class:`ppl_vae.training.loop.SVIStep`, as ``train`` takes it after its
   first, validated step; also with the compiled loss of ``train.compile`` where the objective has
   one) against one Adam step of the baseline, on the same batch, the sides taking turns step by step;
 - ``epoch``: one full epoch through :func:`ppl_vae.runs.fit` (data pipeline, progress bar, callbacks
@@ -50,10 +50,11 @@ from ppl_vae.evaluation import importance_sample
 from ppl_vae.objectives import OBJECTIVES
 from ppl_vae.runs import fit
 from ppl_vae.training import Callback
-from ppl_vae.training.loop import svi_step
+from ppl_vae.training.loop import SVIStep
 from ppl_vae.training.state import TrainingState
 
 LOG_LIKELIHOOD_CHUNK = 100  # datapoints per call of a log-likelihood sampler (the samplers' default batch)
+TIMED_EPOCH = 1  # the epoch case times a run's second epoch (index 1): the first pays the one-time costs
 OBJECTIVE_SPECS = {"elbo": "{name: elbo}", "meanfield": "{name: meanfield}", "iwae": "{name: iwae, num_particles: 5}"}
 
 
@@ -115,9 +116,11 @@ def step_case(settings: Settings, objective: str, batch_size: int) -> dict[str, 
     x = evaluation_split(setup.dataset, "train")[:batch_size]
 
     def step(svi: SVI) -> Callable[[], float]:
+        svi_step = SVIStep(svi)
+
         def run() -> float:
             with pyro.validation_enabled(False):
-                return timed(lambda: svi_step(svi, x, kl_weight=1.0), setup.device)
+                return timed(lambda: svi_step(x, kl_weight=1.0), setup.device)
         return run
 
     def plain_step(fused: bool) -> Callable[[], float]:
@@ -138,54 +141,68 @@ class BaselineSteps(Callback):
     """Runs the baselines' epochs inside ours, one batch of each after each of our training steps, and
     times every batch on its own. A whole epoch of the same code ran up to 30 % slower or faster than
     the one before it on a shared CPU, so epochs taken in turn gave ratios from 0.72 to 1.22; taken
-    batch by batch, a slow spell hits both sides alike and a round's ratio is steady to about 2 %."""
+    batch by batch, a slow spell hits both sides alike and a round's ratio is steady to about 2 %.
 
-    def __init__(self, epochs: dict[str, Iterator[torch.Tensor]], device: torch.device) -> None:
+    ``epochs`` starts each baseline's next epoch (the same model and optimizer going on), which it
+    does when ours starts one; ``seconds`` and ``during_ours`` hold one value per epoch.
+    """
+
+    def __init__(self, epochs: dict[str, Callable[[], Iterator[torch.Tensor]]], device: torch.device) -> None:
         self.epochs, self.device = epochs, device
-        self.seconds = dict.fromkeys(epochs, 0.0)  # each baseline's whole epoch
-        self.during_ours = 0.0  # the part of it spent inside our epoch's clock
+        self.running: dict[str, Iterator[torch.Tensor]] = {}
+        self.seconds: dict[str, list[float]] = {name: [] for name in epochs}  # each baseline's whole epochs
+        self.during_ours: list[float] = []  # the part of them spent inside our epochs' clock
         self.totals: dict[str, torch.Tensor] = {}
 
     def on_step(self, state: TrainingState, loss: torch.Tensor) -> None:
-        for name in self.epochs:
+        if not self.running:  # our epoch's first step
+            self.running = {name: start() for name, start in self.epochs.items()}
+            self.during_ours.append(0.0)
+            for name in self.epochs:
+                self.seconds[name].append(0.0)
+        for name in self.running:
             seconds = timed(lambda: self._advance(name), self.device)
-            self.seconds[name] += seconds
-            self.during_ours += seconds
+            self.seconds[name][-1] += seconds
+            self.during_ours[-1] += seconds
 
     def on_epoch_end(self, state: TrainingState) -> None:
-        for name in self.epochs:
-            self.seconds[name] += timed(lambda: self._finish(name), self.device)
+        for name in self.running:
+            self.seconds[name][-1] += timed(lambda: self._finish(name), self.device)
+        self.running = {}
 
     def _advance(self, name: str) -> None:
-        self.totals[name] = next(self.epochs[name])
+        self.totals[name] = next(self.running[name])
 
     def _finish(self, name: str) -> float:
         """The rest of a baseline's epoch (no batch: both sides take the same batches) and its one read
         of the epoch's loss, as a plain loop ends an epoch."""
-        for total in self.epochs[name]:
+        for total in self.running[name]:
             self.totals[name] = total
         return self.totals[name].item()
 
 
 def epoch_case(settings: Settings, objective: str, batch_size: int) -> dict[str, Any]:
-    """One epoch through ``fit`` with the baselines' epochs interleaved batch by batch
-    (:class:`BaselineSteps`), all from the same weights. Our epoch's time is its wall time from the
-    history less the baselines' batches run inside it (so building the run and the evaluation after
-    the epoch are left out). ``train.compile``'s epoch, where the objective compiles, is paired with
-    a baseline epoch of its own. No peak memory: ours' would be the whole ``fit`` call's, loading the
-    dataset included; the step case measures a training step's."""
+    """The second of two epochs through ``fit``, with the baselines' epochs interleaved batch by batch
+    (:class:`BaselineSteps`), all from the same weights. The first epoch, untimed, takes the costs a
+    run pays once: the first step's argument validation, ``train.compile``'s tracing and TorchScript's
+    profiling runs, the allocator's first requests (on each side). Our epoch's time is its wall time
+    from the history less the baselines' batches run inside it (so building the run and the
+    evaluation after it are left out). ``train.compile``'s run, where the objective compiles, is
+    paired with baseline epochs of its own. No peak memory: ours' would be the whole ``fit`` call's,
+    loading the dataset included; the step case measures a training step's."""
     config = bench_config(settings, objective, batch_size)
     setup = build(config)
     train_x, device = setup.dataset.train, setup.device
     weights = plain_copy(setup).state_dict()
-    warm_up(setup)
+    config = replace(config, train=replace(config.train, epochs=TIMED_EPOCH + 1, eval_every=TIMED_EPOCH + 1))
 
-    def plain_epoch(fused: bool) -> Iterator[torch.Tensor]:
+    def plain_epochs(fused: bool) -> Callable[[], Iterator[torch.Tensor]]:
         plain = plain_copy(setup)
         plain.load_state_dict(weights)
         optimizer = plain_adam(plain, config.optim.lr, fused)
         generator = torch.Generator(device).manual_seed(config.seed)  # its draws stay on the device, as ours do
-        return baseline.epoch_steps(plain, optimizer, baseline.LOSSES[objective], train_x, batch_size, generator)
+        return lambda: baseline.epoch_steps(plain, optimizer, baseline.LOSSES[objective], train_x, batch_size,
+                                            generator)
 
     variants = {"ours": config}
     if OBJECTIVES.get(objective)(**config.objective.options).compile():  # train.compile: true, where it compiles
@@ -194,15 +211,16 @@ def epoch_case(settings: Settings, objective: str, batch_size: int) -> dict[str,
     paired: dict[str, list[float]] = {name: [] for name in variants}  # the default baseline's, in the same fit
     for _ in range(settings.epoch_repeats):
         for name, variant in variants.items():
-            interleaved = BaselineSteps({side: plain_epoch(fused) for side, fused in baselines(device).items()
+            interleaved = BaselineSteps({side: plain_epochs(fused) for side, fused in baselines(device).items()
                                          if name == "ours" or side == "baseline"}, device)
             with contextlib.redirect_stderr(io.StringIO()):  # the progress bar is drawn, into a buffer
                 run = fit(variant, figures=False, callbacks=[interleaved])
-            seconds[name].append(run.history[0]["epoch_seconds"] - interleaved.during_ours)
-            paired[name].append(interleaved.seconds["baseline"])
+            epoch = next(record for record in run.history if record["epoch"] == TIMED_EPOCH + 1)
+            seconds[name].append(epoch["epoch_seconds"] - interleaved.during_ours[TIMED_EPOCH])
+            paired[name].append(interleaved.seconds["baseline"][TIMED_EPOCH])
             if name == "ours":
                 for side, side_seconds in interleaved.seconds.items():
-                    seconds[side].append(side_seconds)
+                    seconds[side].append(side_seconds[TIMED_EPOCH])
     work = train_x.shape[0]
     result = {name: Side(values, work).summary() for name, values in seconds.items()}
     for name in variants:
@@ -210,13 +228,6 @@ def epoch_case(settings: Settings, objective: str, batch_size: int) -> dict[str,
     if "baseline_fused_adam" in result:
         result["baseline_fused_adam"]["ratio"] = paired_ratio(seconds["baseline"], seconds["baseline_fused_adam"])
     return result
-
-
-def warm_up(setup: Setup) -> None:
-    """One unmeasured Adam step: a process's first optimizer step imports ``torch._dynamo`` (1.2 to
-    1.5 s, once per process), which would otherwise fall on whichever side steps first."""
-    plain = plain_copy(setup)
-    plain_adam(plain, setup.config.optim.lr).step()
 
 
 def log_likelihood_case(settings: Settings) -> dict[str, Any]:

@@ -43,28 +43,35 @@ def test_quick_run_writes_ratios_and_memory(tmp_path):
 
 def test_baseline_steps_run_one_batch_after_each_of_ours_and_time_them_apart():
     """Each of ours' steps advances every baseline epoch by one batch; the time of those batches is
-    what is taken out of our epoch's clock, and the end of the epoch (its one read) is not."""
+    what is taken out of our epoch's clock, and the end of the epoch (its one read) is not. Each of
+    our epochs starts a new epoch of each baseline and gets its own times."""
     class State:  # the callback reads nothing from the training state
         pass
 
     batches = {"baseline": [], "baseline_fused_adam": []}
+    epochs_started = {name: 0 for name in batches}
 
     def epoch(name):
-        for index in range(3):
-            time.sleep(0.01)
-            batches[name].append(index)
-            yield torch.tensor(float(index))
+        def start():
+            epochs_started[name] += 1
+            for index in range(3):
+                time.sleep(0.01)
+                batches[name].append((epochs_started[name], index))
+                yield torch.tensor(10.0 * epochs_started[name] + index)
+        return start
 
     interleaved = BaselineSteps({name: epoch(name) for name in batches}, torch.device("cpu"))
-    for step in range(3):
-        interleaved.on_step(State(), torch.tensor(0.0))
-        assert all(len(done) == step + 1 for done in batches.values())
-    during = interleaved.during_ours
-    interleaved.on_epoch_end(State())
-    assert interleaved.during_ours == during >= 0.06  # six batches of at least 10 ms
-    assert all(seconds >= 0.03 for seconds in interleaved.seconds.values())
-    assert sum(interleaved.seconds.values()) >= during
-    assert interleaved.totals == {name: torch.tensor(2.0) for name in batches}
+    for epoch_index in range(2):
+        for step in range(3):
+            interleaved.on_step(State(), torch.tensor(0.0))
+            assert all(done[-1] == (epoch_index + 1, step) for done in batches.values())
+        during = interleaved.during_ours[epoch_index]
+        interleaved.on_epoch_end(State())
+        assert interleaved.during_ours[epoch_index] == during >= 0.06  # six batches of at least 10 ms
+        assert all(seconds[epoch_index] >= 0.03 for seconds in interleaved.seconds.values())
+        assert sum(seconds[epoch_index] for seconds in interleaved.seconds.values()) >= during
+        assert interleaved.totals == {name: torch.tensor(10.0 * (epoch_index + 1) + 2) for name in batches}
+    assert len(interleaved.during_ours) == 2 and all(len(seconds) == 2 for seconds in interleaved.seconds.values())
 
 
 @pytest.fixture

@@ -187,12 +187,12 @@ def test_checkpoint_of_another_model_is_refused(finished_run, capsys):
 
 def interrupt_at(call: int):
     """The training loop's loss and gradients, sending this process SIGINT (Ctrl-C) as its ``call``-th step begins."""
-    step, calls = loop.loss_and_grads, itertools.count(1)
+    step, calls = loop.SVIStep.loss_and_grads, itertools.count(1)
 
-    def interrupted_step(svi, *args, **kwargs):
+    def interrupted_step(self, *args, **kwargs):
         if next(calls) == call:
             signal.raise_signal(signal.SIGINT)
-        return step(svi, *args, **kwargs)
+        return step(self, *args, **kwargs)
 
     return interrupted_step
 
@@ -205,7 +205,7 @@ def test_ctrl_c_saves_mid_epoch_and_resumes_exactly(dataset, monkeypatch, tmp_pa
                         "train": {**QUICK["train"], "checkpoint_every": 3}})
     straight = fit(config)
     with monkeypatch.context() as patch:
-        patch.setattr(loop, "loss_and_grads", interrupt_at(20))
+        patch.setattr(loop.SVIStep, "loss_and_grads", interrupt_at(20))
         with pytest.raises(TrainingInterrupted) as stop:
             fit(config, tmp_path)
     assert stop.value.checkpoint == str(tmp_path / "checkpoint.pt")

@@ -243,10 +243,10 @@ def test_geco_default_rate_is_calibrated_on_the_first_step():
     (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), RuntimeError),  # not an allocation failure: as it was
 ])
 def test_a_step_out_of_memory_names_the_settings_that_size_it(error, becomes, monkeypatch):
-    def step(svi, *args, **kwargs):
+    def step(self, *args, **kwargs):
         raise error
 
-    monkeypatch.setattr(loop, "loss_and_grads", step)
+    monkeypatch.setattr(loop.SVIStep, "loss_and_grads", step)
     with pytest.raises(becomes) as raised:
         fit(from_dict(tiny(objective={"name": "elbo", "num_particles": 7})))
     if becomes is TrainingError:

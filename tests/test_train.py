@@ -123,19 +123,57 @@ def test_training_steps_on_cuda_never_wait_for_the_host(objective):
 
     from ppl_vae.build import build
     from ppl_vae.data import batches
-    from ppl_vae.training.loop import svi_step
+    from ppl_vae.training.loop import SVIStep
 
     setup = build(from_dict({**QUICK, "device": "cuda", "objective": objective}))
-    svi = SVI(setup.vae.model, setup.vae.guide, setup.optimizer, loss=setup.objective,
-              loss_and_grads=setup.objective.loss_and_grads)
+    svi_step = SVIStep(SVI(setup.vae.model, setup.vae.guide, setup.optimizer, loss=setup.objective,
+                           loss_and_grads=setup.objective.loss_and_grads))
     epoch = batches(setup.dataset.train, 64, torch.Generator().manual_seed(0), binarize=True)
     beta = 0.5 if setup.objective.supports_beta else 1.0  # GECO refuses a β: its λ weighs the terms
-    svi_step(svi, next(epoch), kl_weight=beta)
+    svi_step(next(epoch), kl_weight=beta)
     with pyro.validation_enabled(False):
         torch.cuda.set_sync_debug_mode("error")
         try:
             for _, x in zip(range(5), epoch):
-                svi_step(svi, x, kl_weight=beta)
+                svi_step(x, kl_weight=beta)
                 setup.objective.terms()
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("objective, compile", [({"name": "elbo"}, False), ({"name": "elbo"}, True),
+                                                ({"name": "iwae"}, False), ({"name": "geco", "tolerance": 0.1}, False)])
+def test_training_step_updates_exactly_as_pyros_svi_step(objective, compile):
+    """``SVIStep`` collects the parameters around the model and the guide and keeps them out of the
+    ELBO's traces (around the whole loss where it is compiled); Pyro's ``SVI.step`` collects them
+    from the traces. The same draws give the same parameters after each step, to the bit."""
+    import pyro
+    from pyro.infer import SVI
+
+    from ppl_vae.build import build
+    from ppl_vae.data import batches
+    from ppl_vae.training.loop import SVIStep
+
+    config = from_dict({**QUICK, "objective": objective, "train": {**QUICK["train"], "compile": compile}})
+    runs = []
+    for ours in (True, False):
+        pyro.clear_param_store()
+        setup = build(config)
+        svi = SVI(setup.vae.model, setup.vae.guide, pyro.optim.Adam({"lr": 0.01}), loss=setup.objective,
+                  loss_and_grads=setup.objective.loss_and_grads)
+        step = SVIStep(svi) if ours else svi.step
+        pyro.set_rng_seed(0)
+        states = []
+        for _, x in zip(range(3), batches(setup.dataset.train, 32, torch.Generator().manual_seed(0), binarize=True)):
+            step(x)
+            states.append({name: value.clone() for name, value in setup.vae.state_dict().items()})
+        runs.append((states, setup.objective))
+    (ours, objective_ours), (pyros, _) = runs
+    assert [state.keys() for state in ours] == [state.keys() for state in pyros]
+    for state, expected in zip(ours, pyros):
+        torch.testing.assert_close(state, expected, rtol=0, atol=0)
+    assert not all(torch.equal(ours[0][name], ours[-1][name]) for name in ours[0])  # they did train
+    if objective["name"] == "elbo" and not compile:
+        model_trace, guide_trace = objective_ours.elbo.last_traces
+        assert not [name for trace in (model_trace, guide_trace) for name, site in trace.nodes.items()
+                    if site["type"] == "param"]

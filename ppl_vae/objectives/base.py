@@ -64,6 +64,13 @@ class Objective:
         ``train.compile``); returns whether it has. The default has none and stays eager."""
         return False
 
+    def needs_parameter_sites(self) -> bool:
+        """Whether the loss finds the parameters it differentiates among the ``param`` sites of its
+        traces, as a compiled loss does (Pyro's jit takes them as the graph's inputs). If not, the
+        training loop keeps those sites out of the traces, which saves Pyro recording and walking a
+        dozen of them per step (:class:`ppl_vae.training.loop.ParameterCapture`). None by default."""
+        return False
+
     def terms(self) -> dict[str, torch.Tensor]:
         """The last batch's terms (nats, log-probability sign for bounds), each summed over the batch's
         datapoints, detached, on the batch's device."""

@@ -84,6 +84,10 @@ class TraceELBO(Objective):
         self.compiled = {}
         return True
 
+    def needs_parameter_sites(self) -> bool:
+        """Whether the loss is compiled: Pyro's jit finds the graph's parameters among the traces' sites."""
+        return self.compiled is not None
+
     def __call__(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.compiled is not None:
             key = (model, guide, tuple(tuple(arg.shape) if isinstance(arg, torch.Tensor) else arg for arg in args),
