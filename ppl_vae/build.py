@@ -163,6 +163,6 @@ def build(config: Config) -> Setup:
     objective = build_objective(config.objective)
     if config.train.compile and not objective.compile():
         warnings.warn(f"train.compile: objective {config.objective.name!r} has no compiled loss; it runs eagerly "
-                      "(only elbo has one).", RuntimeWarning, stacklevel=2)
+                      "(elbo, meanfield and iwae with the standard gradient have one).", RuntimeWarning, stacklevel=2)
     return Setup(config, device, dataset, vae, objective, build_schedule(config.objective.beta),
                  build_optimizer(config.optim))

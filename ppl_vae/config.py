@@ -90,7 +90,7 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bar
     # importance samples K for a test log p(x) at the end of training; null: none
     log_likelihood_samples: Size | None = None
-    # run the objective's loss as TorchScript graphs (elbo, meanfield); others, or a failed trace, run eagerly with a warning
+    # run the objective's loss as TorchScript graphs (elbo, meanfield, iwae); others, or a failed trace, run eagerly with a warning
     compile: bool = False
 
 

@@ -142,7 +142,8 @@ def test_training_steps_on_cuda_never_wait_for_the_host(objective):
 
 
 @pytest.mark.parametrize("objective, compile", [({"name": "elbo"}, False), ({"name": "elbo"}, True),
-                                                ({"name": "iwae"}, False), ({"name": "geco", "tolerance": 0.1}, False)])
+                                                ({"name": "iwae"}, False), ({"name": "iwae"}, True),
+                                                ({"name": "geco", "tolerance": 0.1}, False)])
 def test_training_step_updates_exactly_as_pyros_svi_step(objective, compile):
     """``SVIStep`` collects the parameters around the model and the guide and keeps them out of the
     ELBO's traces (around the whole loss where it is compiled); Pyro's ``SVI.step`` collects them

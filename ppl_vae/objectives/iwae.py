@@ -73,7 +73,8 @@ from pyro.poutine import Trace
 from pyro.poutine.util import prune_subsample_sites
 
 from ppl_vae.errors import ConfigError, EvaluationError
-from ppl_vae.objectives.base import OBJECTIVES, Objective
+from ppl_vae.objectives.base import OBJECTIVES
+from ppl_vae.objectives.compiled import CompilableObjective
 from ppl_vae.objectives.elbo import check_num_particles
 from ppl_vae.objectives.traces import DATA_PLATE, PARTICLES, PlateLayout, per_datapoint, sample_sites
 from ppl_vae.validation import suggest
@@ -82,7 +83,7 @@ Gradient = Literal["standard", "dreg"]
 
 
 @OBJECTIVES.register("iwae")
-class IWAE(Objective):
+class IWAE(CompilableObjective):
     """The IWAE bound with ``num_particles`` (k) particles per datapoint, drawn in one vectorized pass.
 
     Args:
@@ -110,8 +111,15 @@ class IWAE(Objective):
         self.gradient = gradient
         self._layout: tuple[tuple[Callable, Callable], PlateLayout] | None = None  # per (model, guide)
 
-    def __call__(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """The differentiable loss of one batch, summed over its datapoints (a Pyro loss)."""
+    def compile(self) -> bool:
+        """Compile the loss as :class:`~ppl_vae.objectives.compiled.CompilableObjective` does, with the
+        standard gradient only: DReG's gradient comes from hooks on the latents, which a traced graph
+        drops."""
+        return self.gradient == "standard" and super().compile()
+
+    def loss_and_terms(self, model: Callable, guide: Callable, *args: Any,
+                       **kwargs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The differentiable loss of one batch, summed over its datapoints (a Pyro loss), and its terms."""
         num_particles = self.num_particles
         if self._layout is None or self._layout[0] != (model, guide):  # the plates depend on the model, not the data
             self._layout = (model, guide), _plate_layout(model, guide, *args, **kwargs)
@@ -142,7 +150,7 @@ class IWAE(Objective):
         bound = log_weights.logsumexp(0) - math.log(num_particles)
         bound_loss = -scale * bound.sum()
         kl_correction = (weighted_kl - scale * kl).mean(0).sum()  # Σ_n Σ_sites s·(β - 1)·KL̂_n,site
-        self._terms = {
+        terms = {
             "iwae": bound.sum().detach(),
             "elbo": (reconstruction - kl).mean(0).sum().detach(),
             "reconstruction": reconstruction.mean(0).sum().detach(),
@@ -151,7 +159,7 @@ class IWAE(Objective):
         if self.gradient == "dreg" and bound_loss.requires_grad:
             surrogate = -scale * _dreg_surrogate(model_trace, latents, reconstruction, log_weights, layout)
             bound_loss = bound_loss.detach() + surrogate - surrogate.detach()
-        return bound_loss + kl_correction
+        return bound_loss + kl_correction, terms
 
 
 def score_free_log_prob(distribution: Distribution, z: torch.Tensor) -> torch.Tensor:
