@@ -131,6 +131,8 @@ def _optimizer_state(saved: dict[str, Any], module: nn.Module, optimizer: PyroOp
         probe.grad = torch.zeros_like(probe)
         fresh = optimizer.pt_optim_constructor([probe], **optimizer.pt_optim_args)
         fresh.step()  # a zero step on a copy: the statistics this optimizer keeps for the parameter
+        if not isinstance(saved[name], dict) or "state" not in saved[name]:
+            raise ValueError(f"optimizer state of {name!r} is not a torch optimizer's state_dict")
         expected, per_parameter = set(fresh.state[probe]), saved[name]["state"]
         if not isinstance(per_parameter, dict) or set(per_parameter) != {0} or set(per_parameter[0]) != expected:
             raise ValueError(f"optimizer state of {name!r} is not {optimizer.pt_optim_constructor.__name__}'s "
