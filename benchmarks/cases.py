@@ -4,17 +4,17 @@
 - ``step``: one SVI step (:class:`ppl_vae.training.loop.SVIStep`, as ``train`` takes it after its
   first, validated step; also with the compiled loss of ``train.compile`` where the objective has
   one) against one Adam step of the baseline, on the same batch, the sides taking turns step by step;
-- ``epoch``: one full epoch through :func:`ppl_vae.runs.fit` (data pipeline, progress bar, callbacks
-  and history included), also with ``train.compile`` where the objective has a compiled loss,
-  against the baseline's epoch over the same data, the two interleaved batch by batch inside
-  ``fit`` (:class:`BaselineSteps`);
+- ``epoch``: a full epoch through :func:`ppl_vae.runs.fit` (data pipeline, progress bar, callbacks
+  and history included), the second of a two-epoch run, also with ``train.compile`` where the
+  objective has a compiled loss, against the baseline's epoch over the same data, the two
+  interleaved batch by batch inside ``fit`` (:class:`BaselineSteps`);
 - both against the baseline with torch's default Adam (a plain loop as it is usually written), and on
   a CPU also against the baseline with the fused Adam that ppl_vae's optimizer uses there
   (``baseline_fused_adam``, its ratio that baseline's / the default's), which tells how much of our
   ratio that choice makes;
 - ``log_likelihood``: :func:`ppl_vae.evaluation.importance_sample` with and without PSIS against the
   baseline's importance sampler, with the same weights, K samples per datapoint, 100 datapoints by
-  100 samples at a time, the sides taking turns chunk by chunk;
+  100 samples at a time, the sides taking turns chunk by chunk, ours next to the baseline;
 - ``cli``: the wall time of ``ppl-vae --help`` and of a config typo's error, each a fresh process.
 
 Throughputs are datapoints per second; ratios are ours / the baseline's throughput (medians over

@@ -35,7 +35,8 @@ class CompilableObjective(Objective):
 
     def __init__(self) -> None:
         super().__init__()
-        self.compiled: dict[Any, tuple[CompiledFunction, list[str]]] | None = None  # per (model, guide, shapes, keywords)
+        # per (model, guide, shapes, keywords): the graph and its terms' names
+        self.compiled: dict[Any, tuple[CompiledFunction, list[str]]] | None = None
 
     def loss_and_terms(self, model: Callable, guide: Callable, *args: Any,
                        **kwargs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
