@@ -68,7 +68,7 @@ class Objective:
         """Whether the loss finds the parameters it differentiates among the ``param`` sites of its
         traces, as a compiled loss does (Pyro's jit takes them as the graph's inputs). If not, the
         training loop keeps those sites out of the traces, which saves Pyro recording and walking a
-        dozen of them per step (:class:`ppl_vae.training.loop.ParameterCapture`). None by default."""
+        dozen of them per step (:class:`ppl_vae.training.loop.ParameterCapture`). False by default."""
         return False
 
     def terms(self) -> dict[str, torch.Tensor]:

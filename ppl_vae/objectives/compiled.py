@@ -3,8 +3,9 @@ as a TorchScript graph traced by Pyro's ``pyro.ops.jit.trace``, the machinery of
 
 The graph runs the same model, guide and estimator without Python between the operations, which
 on a CPU saves about 1 ms a step of Pyro's effect handlers and distribution wrappers (an epoch of
-the ``mnist`` VAE runs 4 % faster at batch 512, 13 % at batch 100: ``benchmarks``). One graph is traced per model and guide, batch shape
-and keyword arguments (β): a full batch and an epoch's last, shorter one are two graphs.
+the ``mnist`` VAE runs 4 % faster at batch 512, 13 % at batch 100: ``benchmarks``). One graph is
+traced per model and guide, batch shape and keyword arguments (β): a full batch and an epoch's
+last, shorter one are two graphs.
 """
 
 from __future__ import annotations
