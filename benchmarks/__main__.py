@@ -1,6 +1,6 @@
 """``python -m benchmarks``: ppl_vae against a plain-PyTorch VAE, side by side in one process.
 
-    python -m benchmarks                 # full: MNIST, elbo/meanfield/iwae, batch 100/128/512 (~35 min on 2 cores)
+    python -m benchmarks                 # full: MNIST, elbo/meanfield/iwae, batch 100/128/512 (~32 min on 2 cores)
     python -m benchmarks --quick         # seconds: scikit-learn's digits, elbo, batch 128, tiny K
     python -m benchmarks --only epoch log_likelihood --repeats 5
     python -m benchmarks --markdown benchmarks/results/cpu-2cores-vm.json   # a results file as a README table
