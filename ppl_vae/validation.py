@@ -144,38 +144,14 @@ def check_type(value: Any, annotation: Any, key: str) -> Any:
             )
         return value
     if origin in (typing.Union, types.UnionType):
-        members = typing.get_args(annotation)
-        if value is None and type(None) in members:
-            return None
-        for member in members:
-            if member is type(None):
-                continue
-            try:
-                return check_type(value, member, key)
-            except OutOfRange as error:  # the right type, out of range: say which range
-                optional = " or null" if type(None) in members and error.key == key else ""
-                raise OutOfRange(error.key, error.value, error.requirement + optional) from None
-            except ConfigError:
-                pass
-        names = " or ".join("null" if m is type(None) else _type_name(m) for m in members)
-        raise ConfigError(f"{key}: expected {names}, got {value!r}.")
+        return _check_union(value, typing.get_args(annotation), key)
     if origin in (list, tuple) or annotation in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}.")
         (item_type, *_) = typing.get_args(annotation) or (Any,)
         return [check_type(item, item_type, f"{key}[{i}]") for i, item in enumerate(value)]
     if annotation is float:
-        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}.")
-        number = float(value) if abs(value) <= sys.float_info.max else math.inf  # huge ints overflow
-        if not math.isfinite(number):
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}.")
-        return number
+        return _check_float(value, key)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}.")
@@ -183,3 +159,36 @@ def check_type(value: Any, annotation: Any, key: str) -> Any:
     if annotation in (str, bool) and not isinstance(value, annotation):
         raise ConfigError(f"{key}: expected {_type_name(annotation)}, got {value!r}.")
     return value
+
+
+def _check_union(value: Any, members: tuple[Any, ...], key: str) -> Any:
+    """``value`` as the first of a Union's ``members`` it fits; an out-of-range error names the range."""
+    if value is None and type(None) in members:
+        return None
+    for member in members:
+        if member is type(None):
+            continue
+        try:
+            return check_type(value, member, key)
+        except OutOfRange as error:  # the right type, out of range: say which range
+            optional = " or null" if type(None) in members and error.key == key else ""
+            raise OutOfRange(error.key, error.value, error.requirement + optional) from None
+        except ConfigError:
+            pass
+    names = " or ".join("null" if m is type(None) else _type_name(m) for m in members)
+    raise ConfigError(f"{key}: expected {names}, got {value!r}.")
+
+
+def _check_float(value: Any, key: str) -> float:
+    """A finite float from a number, or from a string such as "1e-3" (PyYAML reads it so, no dot)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}: expected a number, got {value!r}.")
+    number = float(value) if abs(value) <= sys.float_info.max else math.inf  # huge ints overflow
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}: expected a finite number, got {value!r}.")
+    return number

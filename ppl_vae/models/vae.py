@@ -11,7 +11,6 @@ from pyro import poutine
 from torch import nn
 
 
-
 def kl_weight_scale(kl_weight: float) -> AbstractContextManager:
     """Weight the latent site's log-probabilities by β (the KL weight, DESIGN's β semantics).
 
