@@ -175,11 +175,15 @@ def plot_training_curves(
         _plot_key(ax, history, key)
         ax.set_yscale(scale)
         ax.set_ylabel(label)
-    first, last = history[0]["epoch"], history[-1]["epoch"]
+    _span_epochs(fig, history[0]["epoch"], history[-1]["epoch"])
+    return _saved(fig, path)
+
+
+def _span_epochs(fig: Figure, first: int, last: int) -> None:
+    """Give every panel the same epoch axis, from ``first`` to ``last`` with a margin."""
     margin = max(0.5, 0.05 * (last - first))  # at least half an epoch: one epoch gets a readable axis too
     for ax in fig.axes:
         ax.set_xlim(first - margin, last + margin)
-    return _saved(fig, path)
 
 
 def _plot_key(ax: Axes, history: list[dict[str, Any]], key: str, **line_style: Any) -> None:
